@@ -1,0 +1,22 @@
+"""functional_bp: backpropagation derived by hand, in JAX, checked against jax.grad."""
+
+from .activations import ACTIVATIONS, Activation
+from .backprop import Backprop, backprop, grad, value_and_grad
+from .losses import LOSSES, Loss
+from .mlp import forward, init_mlp, objective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "Backprop",
+    "LOSSES",
+    "Loss",
+    "backprop",
+    "forward",
+    "grad",
+    "init_mlp",
+    "objective",
+    "value_and_grad",
+]

@@ -1,0 +1,166 @@
+"""Input checks shared by every public function.
+
+They look at shapes, dtypes, names and structure only (never at values), so
+they cost no device synchronisation and work on tracers under ``jax.jit`` and
+``jax.vmap``. Each error names the layer and the expected and actual shape, or
+lists the valid names.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .activations import Activation, get_activation
+from .losses import Loss, get_loss
+
+
+def _shape(v):
+    return tuple(getattr(v, "shape", np.shape(v)))
+
+
+def check_params(params) -> list[int]:
+    """Check the params structure; return the layer widths [n_0, ..., n_L]."""
+    if isinstance(params, dict) or not isinstance(params, (list, tuple)):
+        raise TypeError(
+            "params must be a list with one dict {'W': W, 'b': b} per layer "
+            f"(as returned by init_mlp); got {type(params).__name__}"
+        )
+    if len(params) == 0:
+        raise ValueError("params is empty: a network needs at least one layer")
+    sizes: list[int] = []
+    for l, layer in enumerate(params, start=1):
+        if not isinstance(layer, dict):
+            raise TypeError(
+                f"layer {l}: expected a dict with keys 'W' and 'b', got "
+                f"{type(layer).__name__}"
+            )
+        keys = set(layer)
+        if keys != {"W", "b"}:
+            missing, extra = sorted({"W", "b"} - keys), sorted(keys - {"W", "b"})
+            raise ValueError(
+                f"layer {l}: a layer dict has exactly the keys 'W' and 'b'; "
+                f"missing {missing}, extra {extra}"
+            )
+        W_shape, b_shape = _shape(layer["W"]), _shape(layer["b"])
+        if len(W_shape) != 2:
+            raise ValueError(
+                f"layer {l}: W must be 2-D (n_{l-1}, n_{l}) in row layout; got "
+                f"shape {W_shape}"
+            )
+        n_in, n_out = W_shape
+        if l == 1:
+            sizes.append(n_in)
+        elif n_in != sizes[-1]:
+            raise ValueError(
+                f"layer {l}: W has shape {W_shape} but layer {l-1} outputs width "
+                f"{sizes[-1]}; expected W of shape ({sizes[-1]}, {n_out})"
+            )
+        if b_shape != (n_out,):
+            hint = (
+                " (a column vector is the column layout; in row layout b is 1-D,"
+                " see functional_bp.columns.to_rows)"
+                if b_shape == (n_out, 1)
+                else ""
+            )
+            raise ValueError(
+                f"layer {l}: b must have shape ({n_out},) to match W {W_shape}; "
+                f"got {b_shape}{hint}"
+            )
+        for name in ("W", "b"):
+            dtype = getattr(layer[name], "dtype", None)
+            if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(
+                    f"layer {l}: {name} must be a floating-point array; got dtype {dtype}"
+                )
+        sizes.append(n_out)
+    return sizes
+
+
+def check_activations(activations, n_layers: int) -> tuple[Activation, ...]:
+    """Resolve one activation per layer, or raise a clear error."""
+    if isinstance(activations, (str, Activation)) or not isinstance(
+        activations, Sequence
+    ):
+        raise TypeError(
+            "activations must be a sequence with one entry per layer "
+            f"({n_layers} here), e.g. {['relu'] * (n_layers - 1) + ['identity']}; "
+            f"got {activations!r}"
+        )
+    if len(activations) != n_layers:
+        raise ValueError(
+            f"got {len(activations)} activations for a network of {n_layers} "
+            f"layers; pass exactly one per layer"
+        )
+    return tuple(get_activation(a, layer=l) for l, a in enumerate(activations, 1))
+
+
+def check_x(x, n_0: int, *, dtype):
+    """Check the input batch x of shape (m, n_0) and cast it to ``dtype``."""
+    shape = _shape(x)
+    if len(shape) != 2:
+        raise ValueError(
+            f"x must be 2-D (m examples, n_0={n_0} features); got shape {shape}"
+            + (" (use x[None, :] for a single example)" if len(shape) == 1 else "")
+        )
+    if shape[0] == 0:
+        raise ValueError("the batch is empty: x has 0 rows; pass at least one example")
+    if shape[1] != n_0:
+        raise ValueError(
+            f"x has {shape[1]} features but layer 1 expects n_0={n_0}: x must have "
+            f"shape (m, {n_0}); got {shape}"
+        )
+    return jnp.asarray(x, dtype=dtype)
+
+
+def check_y(y, m: int, n_L: int, loss: Loss, *, dtype):
+    """Check targets y (m, n_L), or integer labels (m,) where the loss takes them."""
+    shape = _shape(y)
+    y_dtype = getattr(y, "dtype", np.asarray(y).dtype)
+    if len(shape) == 1 and loss.accepts_labels:
+        if not jnp.issubdtype(y_dtype, jnp.integer):
+            raise TypeError(
+                f"1-D targets for {loss.name} are class labels and must be integers; "
+                f"got dtype {y_dtype} (pass float targets with shape (m, {n_L}))"
+            )
+        if shape[0] != m:
+            raise ValueError(f"x has {m} rows but y has {shape[0]} labels")
+        return jax.nn.one_hot(y, n_L, dtype=dtype)
+    if len(shape) != 2:
+        takes = f"(m, {n_L})" + (" or integer labels (m,)" if loss.accepts_labels else "")
+        raise ValueError(
+            f"y for loss {loss.name} must have shape {takes}; got shape {shape}"
+        )
+    if shape[0] != m:
+        raise ValueError(f"x has {m} rows but y has {shape[0]} rows")
+    if shape[1] != n_L:
+        raise ValueError(
+            f"y has width {shape[1]} but the network outputs n_L={n_L}: expected "
+            f"y of shape ({m}, {n_L})"
+        )
+    return jnp.asarray(y, dtype=dtype)
+
+
+def check_batch(batch):
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"batch must be a pair (x, y); got {type(batch).__name__}")
+    return batch
+
+
+def params_dtype(params):
+    return jnp.result_type(params[0]["W"])
+
+
+def prepare(params, batch, activations, loss):
+    """Validate everything; return (activations tuple, Loss, x, y) ready to trace."""
+    sizes = check_params(params)
+    acts = check_activations(activations, len(params))
+    loss = get_loss(loss)
+    x, y = check_batch(batch)
+    dtype = params_dtype(params)
+    x = check_x(x, sizes[0], dtype=dtype)
+    y = check_y(y, x.shape[0], sizes[-1], loss, dtype=dtype)
+    return acts, loss, x, y
