@@ -1,0 +1,102 @@
+"""The reference and the comparison every gradient test uses.
+
+The reference is ``jax.grad`` of the plain-JAX objective, never of anything
+that goes through the library's own backward pass:
+
+- grads:      jax.grad of J with respect to params;
+- deltas:     jax.grad of J with respect to zero offsets added to each Z^l
+              (so the reference G^l = dJ/dZ^l);
+- input_grad: jax.grad of J with respect to x.
+
+Comparison is per leaf: the error of a leaf is max|ours - ref| / max|ref| (and
+max|ours| when the reference leaf is exactly zero), so an error in one small
+layer cannot hide behind a large one.
+
+Tolerances, by dtype:
+- float64: 1e-10. Both sides evaluate the same products and sums of a
+  network of at most a few dozen layers and widths, in a different order at
+  most; rounding then stays within a few hundred ulps (2.2e-16 each) of the
+  leaf's largest entry, far below 1e-10. A wrong equation is off by O(1).
+- float32: 2e-5, i.e. about 1e-5 of the leaf's scale. Same argument with
+  eps = 1.2e-7: a few dozen roundings along the longest chain of the
+  recursion, with a margin of a few.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from functional_bp import _validate
+from functional_bp.backprop import Backprop
+from functional_bp.mlp import objective_from_arrays
+
+RTOL = {jnp.dtype("float64"): 1e-10, jnp.dtype("float32"): 2e-5}
+
+
+def rtol_for(dtype):
+    return RTOL[jnp.dtype(dtype)]
+
+
+def leaf_error(ours, ref) -> float:
+    """max|ours - ref| relative to max|ref| (absolute when ref is all zero)."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if ours.shape != ref.shape:
+        return float("inf")
+    if not np.all(np.isfinite(ours)):
+        return float("inf")
+    diff = float(np.max(np.abs(ours - ref), initial=0.0))
+    scale = float(np.max(np.abs(ref), initial=0.0))
+    return diff / scale if scale > 0 else diff
+
+
+def tree_errors(ours, ref, prefix="") -> dict[str, float]:
+    """Per-leaf errors keyed by the leaf's path, e.g. 'grads[1]['W']'."""
+    ours_leaves = jax.tree_util.tree_flatten_with_path(ours)[0]
+    ref_leaves, ref_def = jax.tree_util.tree_flatten_with_path(ref)
+    if jax.tree_util.tree_structure(ours) != ref_def:
+        raise AssertionError(
+            f"{prefix}: structure differs: {jax.tree_util.tree_structure(ours)} vs {ref_def}"
+        )
+    return {
+        prefix + jax.tree_util.keystr(path): leaf_error(o, r)
+        for (path, o), (_, r) in zip(ours_leaves, ref_leaves)
+    }
+
+
+def assert_tree_close(ours, ref, rtol, prefix="") -> dict[str, float]:
+    """Assert each leaf's error <= rtol; return the errors."""
+    errs = tree_errors(ours, ref, prefix)
+    bad = {k: v for k, v in errs.items() if not v <= rtol}
+    if bad:
+        raise AssertionError(
+            f"leaves over rtol={rtol:g}: "
+            + ", ".join(f"{k}: {v:.3g}" for k, v in bad.items())
+        )
+    return errs
+
+
+def reference_backprop(params, batch, *, activations, loss, l2=0.0) -> Backprop:
+    """Loss, grads, deltas and input gradient, all by jax.grad of the objective."""
+    acts, loss_obj, x, y = _validate.prepare(params, batch, activations, loss)
+    zeros = [jnp.zeros((x.shape[0], p["W"].shape[1]), x.dtype) for p in params]
+
+    def J(params, x, offsets):
+        return objective_from_arrays(params, x, y, l2, acts, loss_obj, offsets)
+
+    value, (g_params, g_x, g_offsets) = jax.value_and_grad(J, argnums=(0, 1, 2))(
+        params, x, zeros
+    )
+    return Backprop(loss=value, grads=g_params, deltas=g_offsets, input_grad=g_x)
+
+
+def assert_backprop_close(ours: Backprop, ref: Backprop, rtol) -> dict[str, float]:
+    """Compare loss, every grad leaf, every delta and dJ/dX, each on its own."""
+    errs = {}
+    errs.update(assert_tree_close(ours.loss, ref.loss, rtol, "loss"))
+    errs.update(assert_tree_close(ours.grads, ref.grads, rtol, "grads"))
+    errs.update(assert_tree_close(list(ours.deltas), list(ref.deltas), rtol, "deltas"))
+    errs.update(assert_tree_close(ours.input_grad, ref.input_grad, rtol, "input_grad"))
+    return errs
