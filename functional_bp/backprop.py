@@ -40,20 +40,27 @@ class Backprop(NamedTuple):
     input_grad: jax.Array
 
 
-def output_delta(a_L, z_L, y, act_L, loss, m):
-    """G^L = (1/m) dL/da ⊙ g^L'(Z^L), with the loss's fused dL/da."""
-    return (loss.grad(a_L, y) / m) * act_L.dg(z_L)
+def output_delta(a_L, z_L, y, act_L, loss, weights):
+    """G^L = w ⊙ dL/da ⊙ g^L'(Z^L), with the loss's fused dL/da; w_i = 1/m usually."""
+    return (weights[:, None] * loss.grad(a_L, y)) * act_L.dg(z_L)
 
 
-def backprop_from_arrays(params, x, y, l2, activations, loss) -> Backprop:
-    """The delta recursion on validated arrays (x (m, n_0), y (m, n_L))."""
+def backprop_from_arrays(params, x, y, l2, activations, loss, weights=None) -> Backprop:
+    """The delta recursion on validated arrays (x (m, n_0), y (m, n_L)).
+
+    ``weights`` (m,), when given, replaces the 1/m of the mean:
+    J = sum_i w_i L(a_i, y_i) + (l2/2) sum ||W||^2. Masking padded rows
+    (w_i = 0) and averaging over a true count smaller than m use it.
+    """
     m = x.shape[0]
+    if weights is None:
+        weights = jnp.full((m,), 1 / m, dtype=x.dtype)
     zs, As = forward_trace(params, x, activations)
-    J = jnp.mean(loss.value(As[-1], y)) + l2_penalty(params, l2)
+    J = jnp.sum(weights * loss.value(As[-1], y)) + l2_penalty(params, l2)
 
     L = len(params)
     grads, deltas = [None] * L, [None] * L
-    delta = output_delta(As[-1], zs[-1], y, activations[-1], loss, m)  # G^L
+    delta = output_delta(As[-1], zs[-1], y, activations[-1], loss, weights)  # G^L
     for l in reversed(range(L)):  # l indexes layer l+1 of the equations
         W, a_prev = params[l]["W"], As[l]
         deltas[l] = delta
