@@ -80,7 +80,21 @@ def make_targets(key, kind, m, n, dtype):
 
 def make_case(sizes, m, activations, loss, *, l2=0.0, dtype=jnp.float32, seed=0,
               x_scale=1.0, target_kind=None, scheme="glorot"):
-    """Build a Case deterministically from its description."""
+    """Build a Case deterministically from its description.
+
+    float64 cases are built with x64 enabled, so they really are float64; the
+    test that uses them must run under ``with jax.enable_x64(True):`` too.
+    """
+    if jnp.dtype(dtype) == jnp.dtype("float64"):
+        with jax.enable_x64(True):
+            return _make_case(sizes, m, activations, loss, l2, dtype, seed, x_scale,
+                              target_kind, scheme)
+    return _make_case(sizes, m, activations, loss, l2, dtype, seed, x_scale,
+                      target_kind, scheme)
+
+
+def _make_case(sizes, m, activations, loss, l2, dtype, seed, x_scale, target_kind,
+               scheme):
     kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
     params = init_mlp(kp, list(sizes), scheme=scheme, dtype=dtype)
     # Non-zero biases, so a wrong bias gradient cannot hide behind b = 0.
