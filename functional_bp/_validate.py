@@ -119,7 +119,7 @@ def check_x(x, n_0: int, *, dtype):
 def check_y(y, m: int, n_L: int, loss: Loss, *, dtype):
     """Check targets y (m, n_L), or integer labels (m,) where the loss takes them."""
     shape = _shape(y)
-    y_dtype = getattr(y, "dtype", np.asarray(y).dtype)
+    y_dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
     if len(shape) == 1 and loss.accepts_labels:
         if not jnp.issubdtype(y_dtype, jnp.integer):
             raise TypeError(
