@@ -4,6 +4,7 @@ from .activations import ACTIVATIONS, Activation
 from .backprop import Backprop, backprop, grad, value_and_grad
 from .losses import LOSSES, Loss
 from .mlp import forward, init_mlp, objective
+from .parallel import data_parallel_value_and_grad
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,7 @@ __all__ = [
     "LOSSES",
     "Loss",
     "backprop",
+    "data_parallel_value_and_grad",
     "forward",
     "grad",
     "init_mlp",
