@@ -1,0 +1,202 @@
+"""Checkpoints: params (and optional extra arrays) in one ``.npz``, written atomically.
+
+File layout (a plain ``numpy.savez`` archive, readable without this library):
+
+- ``W1, b1, ..., WL, bL``: the params, layer l = 1..L as in the equations;
+- ``__meta__``: a JSON string: ``format``, ``version`` (the library's),
+  ``sizes`` [n_0, ..., n_L], ``dtype``, ``activations`` and ``loss`` (names,
+  when given), and any user metadata;
+- ``extra/<name>``: optional extra arrays (the trainer stores the optimizer
+  state and the key schedule there).
+
+Writes go to a temporary file in the same directory, are flushed and fsynced,
+then renamed over the target with ``os.replace``: a crash leaves either the old
+file or the new one, never half of one.
+
+Example::
+
+    >>> import jax, tempfile, os, functional_bp as fbp
+    >>> from functional_bp.checkpoint import save_params, load_params
+    >>> params = fbp.init_mlp(jax.random.key(0), [4, 8, 3])
+    >>> path = os.path.join(tempfile.mkdtemp(), "params.npz")
+    >>> _ = save_params(path, params, activations=["relu", "identity"])
+    >>> [p["W"].shape for p in load_params(path, sizes=[4, 8, 3])]
+    [(4, 8), (8, 3)]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import _validate
+
+FORMAT = "functional_bp.params/1"
+_META = "__meta__"
+_EXTRA = "extra/"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is truncated, corrupted, or not what was expected."""
+
+
+class Checkpoint(NamedTuple):
+    """Everything in a checkpoint file.
+
+    Attributes:
+      params: list of ``{"W", "b"}`` dicts (jax arrays).
+      metadata: the JSON metadata (sizes, activations, loss, version, ...).
+      extra: dict of the extra numpy arrays saved alongside.
+    """
+
+    params: list
+    metadata: dict
+    extra: dict
+
+
+def _names(spec):
+    return [getattr(a, "name", a) for a in spec] if spec is not None else None
+
+
+def save_params(path, params, *, activations=None, loss=None, metadata=None,
+                extra=None):
+    """Write ``params`` (and metadata, extra arrays) to ``path`` atomically.
+
+    Args:
+      path: the target file (conventionally ``*.npz``; the name is kept as given).
+      params: list of ``{"W": (n_{l-1}, n_l), "b": (n_l,)}`` dicts.
+      activations: optional, one name per layer; recorded in the metadata.
+      loss: optional loss name; recorded in the metadata.
+      metadata: optional JSON-serialisable dict merged into the metadata.
+      extra: optional dict name -> array, stored as ``extra/<name>``.
+
+    Returns:
+      The path written.
+    """
+    from . import __version__
+
+    sizes = _validate.check_params(params)
+    meta = dict(metadata or {})
+    meta.update(
+        format=FORMAT,
+        version=__version__,
+        sizes=sizes,
+        dtype=str(jnp.dtype(_validate.params_dtype(params))),
+        activations=_names(activations),
+        loss=getattr(loss, "name", loss),
+    )
+    arrays = {_META: np.array(json.dumps(meta))}
+    for l, layer in enumerate(params, start=1):
+        arrays[f"W{l}"] = np.asarray(layer["W"])
+        arrays[f"b{l}"] = np.asarray(layer["b"])
+    for name, value in (extra or {}).items():
+        arrays[_EXTRA + name] = np.asarray(value)
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _read_all(path) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}  # reading every member checks its CRC
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupted?): {e}"
+        ) from None
+
+
+def _metadata(path, arrays) -> dict:
+    if _META not in arrays:
+        raise CheckpointError(f"{path}: no {_META} entry; not a functional_bp checkpoint")
+    try:
+        meta = json.loads(str(arrays[_META]))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
+            f"expected {FORMAT!r}"
+        )
+    sizes = meta.get("sizes")
+    if not (isinstance(sizes, list) and len(sizes) >= 2
+            and all(isinstance(n, int) and n > 0 for n in sizes)):
+        raise CheckpointError(f"{path}: metadata 'sizes' is malformed: {sizes!r}")
+    return meta
+
+
+def load_checkpoint(path, *, sizes=None) -> Checkpoint:
+    """Read and validate a checkpoint: params, metadata and extra arrays.
+
+    Args:
+      path: a file written by :func:`save_params`.
+      sizes: optional expected layer widths [n_0, ..., n_L].
+
+    Raises:
+      FileNotFoundError: no such file.
+      CheckpointError (a ValueError): truncated or corrupted file, missing or
+        malformed entries, shapes that disagree with the recorded sizes, or
+        sizes that disagree with ``sizes``.
+    """
+    path = os.fspath(path)
+    arrays = _read_all(path)
+    meta = _metadata(path, arrays)
+    recorded = meta["sizes"]
+    if sizes is not None and list(sizes) != recorded:
+        raise CheckpointError(
+            f"{path}: the checkpoint holds a network of sizes {recorded}; expected "
+            f"{list(sizes)}"
+        )
+    params = []
+    for l in range(1, len(recorded)):
+        expected = {"W": (recorded[l - 1], recorded[l]), "b": (recorded[l],)}
+        layer = {}
+        for name, shape in expected.items():
+            key = f"{name}{l}"
+            if key not in arrays:
+                raise CheckpointError(f"{path}: layer {l}: missing {key}")
+            a = arrays[key]
+            if a.shape != shape:
+                raise CheckpointError(
+                    f"{path}: layer {l}: {key} has shape {a.shape}; expected {shape} "
+                    f"from sizes {recorded}"
+                )
+            if not np.issubdtype(a.dtype, np.floating):
+                raise CheckpointError(
+                    f"{path}: layer {l}: {key} must be floating point; got {a.dtype}"
+                )
+            layer[name] = jnp.asarray(a)
+        params.append(layer)
+    extra = {k[len(_EXTRA):]: v for k, v in arrays.items() if k.startswith(_EXTRA)}
+    return Checkpoint(params, meta, extra)
+
+
+def load_params(path, *, sizes=None) -> list:
+    """The params stored in ``path``, validated (see :func:`load_checkpoint`)."""
+    return load_checkpoint(path, sizes=sizes).params
+
+
+def read_metadata(path) -> dict[str, Any]:
+    """The metadata of a checkpoint (validates the whole file first)."""
+    return load_checkpoint(path).metadata

@@ -1,0 +1,335 @@
+"""Minibatch training with the hand-derived gradients.
+
+Each step is the update of the derivation, through any optimizer with optax's
+``init``/``update`` interface::
+
+    G      = dJ_B/dparams                  the delta recursion on minibatch B
+    params := params + update(G)           plain SGD: W := W - eta dJ/dW
+
+One epoch is one jitted ``lax.scan`` over the minibatches (no Python per step):
+
+- the epoch's order is ``jax.random.permutation(fold_in(key, epoch), m)``, so
+  epoch e's shuffle depends only on the base key and e (resuming is exact);
+- the m rows are padded to ``ceil(m / B)`` batches of B rows; in a batch with
+  r real rows each real row weighs 1/r and each padded row 0, so
+  J_B = sum_i w_i L_i + (l2/2) sum ||W||^2 is the mean over the real rows and
+  nothing is dropped.
+
+Classification data give integer labels y of shape (m,): they are turned into
+one-hot targets of width n_L for the loss, and accuracy is the share of rows
+whose largest output is the label. Regression data give targets (m, n_L).
+
+Example::
+
+    >>> import jax, functional_bp as fbp
+    >>> from functional_bp.datasets import load_dataset
+    >>> from functional_bp.train import fit, init_state, sgd
+    >>> data = load_dataset("xor")
+    >>> params = fbp.init_mlp(jax.random.key(0), [2, 8, 2])
+    >>> opt = sgd(0.5)
+    >>> state = init_state(params, optimizer=opt, key=jax.random.key(1))
+    >>> state, history = fit(state, (data.x_train, data.y_train), (data.x_test, data.y_test),
+    ...                      activations=["tanh", "identity"], loss="softmax_cross_entropy",
+    ...                      optimizer=opt, epochs=20, batch_size=16)
+    >>> history[-1]["test_accuracy"] > 0.9
+    True
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _validate
+from .backprop import backprop_from_arrays
+from .checkpoint import CheckpointError, load_checkpoint, save_params
+from .mlp import forward_trace
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+class TrainState(NamedTuple):
+    """Everything that determines the rest of a run.
+
+    Attributes:
+      params: list of ``{"W", "b"}`` dicts.
+      opt_state: the optimizer's state (a pytree).
+      key: the base key of the shuffle schedule; epoch e uses ``fold_in(key, e)``.
+      epoch: the number of epochs completed.
+    """
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    epoch: int
+
+
+# --- optimizers ------------------------------------------------------------
+class GradientTransformation(NamedTuple):
+    """The optax interface: ``init(params) -> state``, ``update(g, state, params)``."""
+
+    init: Callable
+    update: Callable
+
+
+def sgd(learning_rate: float) -> GradientTransformation:
+    """Plain SGD, W := W - eta dJ/dW, with no dependency on optax."""
+
+    def update(grads, state, params=None):
+        return jax.tree.map(lambda g: -learning_rate * g, grads), state
+
+    return GradientTransformation(lambda params: (), update)
+
+
+def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9):
+    """An optimizer by name: ``"sgd"`` (built in), ``"momentum"`` or ``"adam"`` (optax).
+
+    Any optax ``GradientTransformation`` can be passed to :func:`fit` directly;
+    this is the short list the command line offers.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid names are {list(OPTIMIZERS)}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive; got {learning_rate}")
+    if name == "sgd":
+        return sgd(learning_rate)
+    try:
+        import optax
+    except ImportError:
+        raise ImportError(
+            f"optimizer {name!r} needs optax, which is not installed; install the "
+            "training extra: pip install 'functional_bp[train]' (or use 'sgd')"
+        ) from None
+    if name == "momentum":
+        return optax.sgd(learning_rate, momentum=momentum)
+    return optax.adam(learning_rate)
+
+
+def _apply(params, updates):
+    return jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+
+
+# --- one step, one epoch -----------------------------------------------------
+def _step_grads(params, x, y, w, l2, activations, loss):
+    """(J_B, dJ_B/dparams) on one minibatch, weights w (B,) in place of 1/B."""
+    r = backprop_from_arrays(params, x, y, l2, activations, loss, weights=w)
+    return r.loss, r.grads
+
+
+def batch_plan(key, m: int, batch_size: int, dtype=jnp.float32):
+    """The epoch's minibatches: row indices (n_batches, B) and weights (n_batches, B).
+
+    Rows are a random permutation of range(m), padded with row 0 up to
+    n_batches * B; a batch with r real rows gives them weight 1/r and its
+    padded rows weight 0.
+    """
+    n_batches = -(-m // batch_size)
+    counts = np.minimum(batch_size, m - batch_size * np.arange(n_batches))
+    real = np.arange(batch_size)[None, :] < counts[:, None]
+    w = np.where(real, 1.0 / counts[:, None], 0.0)
+    perm = jax.random.permutation(key, m)
+    pad = jnp.zeros((n_batches * batch_size - m,), perm.dtype)
+    idx = jnp.concatenate([perm, pad]).reshape(n_batches, batch_size)
+    return idx, jnp.asarray(w, dtype=dtype)
+
+
+def _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer, batch_size):
+    """One pass over (x, y) in shuffled minibatches: a lax.scan of update steps."""
+    idx, weights = batch_plan(key, x.shape[0], batch_size, x.dtype)
+
+    def step(carry, batch):
+        params, opt_state = carry
+        i, w = batch
+        J, G = _step_grads(params, x[i], y[i], w, l2, activations, loss)
+        updates, opt_state = optimizer.update(G, opt_state, params)
+        return (_apply(params, updates), opt_state), J
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (idx, weights))
+    return params, opt_state, losses
+
+
+@partial(jax.jit, static_argnames=("activations", "loss", "optimizer", "batch_size"))
+def _train_epoch(params, opt_state, base_key, epoch, x, y, l2, *, activations, loss,
+                 optimizer, batch_size):
+    key = jax.random.fold_in(base_key, epoch)
+    return _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer,
+                  batch_size)
+
+
+def _metrics_of(params, x, y, labels, activations, loss):
+    a = forward_trace(params, x, activations)[1][-1]
+    out = {"loss": jnp.mean(loss.value(a, y))}
+    if labels is not None:
+        out["accuracy"] = jnp.mean(jnp.argmax(a, axis=-1) == labels)
+    return out
+
+
+@partial(jax.jit, static_argnames=("activations", "loss"))
+def _metrics(params, sets, *, activations, loss):
+    """{part: {"loss", "accuracy"?}} for each part (x, y, labels) of ``sets``."""
+    return {part: _metrics_of(params, *data, activations, loss) for part, data in sets.items()}
+
+
+# --- validation ----------------------------------------------------------------
+def _prepare(params, data, activations, loss):
+    """Validate once; return (acts, Loss, x, targets, labels or None)."""
+    x, y = _validate.check_batch(data)
+    y_shape = tuple(np.shape(y))
+    y_dtype = getattr(y, "dtype", np.asarray(y).dtype)
+    labels = None
+    if len(y_shape) == 1 and jnp.issubdtype(y_dtype, jnp.integer):
+        n_L = _validate.check_params(params)[-1]
+        labels = jnp.asarray(y, dtype=jnp.int32)
+        y = jax.nn.one_hot(labels, n_L, dtype=_validate.params_dtype(params))
+    acts, loss, x, y = _validate.prepare(params, (x, y), activations, loss)
+    return acts, loss, x, y, labels
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    return int(batch_size)
+
+
+# --- public API --------------------------------------------------------------------
+def init_state(params, *, optimizer, key) -> TrainState:
+    """A fresh :class:`TrainState`: epoch 0, ``optimizer.init(params)``."""
+    _validate.check_params(params)
+    return TrainState(params, optimizer.init(params), key, 0)
+
+
+def train_epoch(state: TrainState, data, *, activations, loss, optimizer, batch_size,
+                l2=0.0):
+    """One epoch over ``data = (x, y)``: returns ``(new_state, minibatch_losses)``.
+
+    ``minibatch_losses`` has one J_B per step, shape (ceil(m / B),).
+    """
+    acts, loss, x, y, _ = _prepare(state.params, data, activations, loss)
+    batch_size = min(_check_batch_size(batch_size), x.shape[0])
+    params, opt_state, losses = _train_epoch(
+        state.params, state.opt_state, state.key, state.epoch, x, y, l2,
+        activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size)
+    return TrainState(params, opt_state, state.key, state.epoch + 1), losses
+
+
+def evaluate(params, data, *, activations, loss) -> dict:
+    """``{"loss": mean L}`` over ``data = (x, y)``, plus ``"accuracy"`` for labels.
+
+    The loss is the mean per-example loss L (without the l2 term); accuracy is
+    the share of rows whose largest output is the label.
+    """
+    acts, loss, x, y, labels = _prepare(params, data, activations, loss)
+    out = _metrics(params, {"data": (x, y, labels)}, activations=acts, loss=loss)
+    return {k: float(v) for k, v in out["data"].items()}
+
+
+def _record(epoch, params, sets, activations, loss):
+    """One history entry: every metric of every part, as Python floats."""
+    out = jax.device_get(_metrics(params, sets, activations=activations, loss=loss))
+    record = {"epoch": int(epoch)}
+    for part, metrics in out.items():
+        record.update({f"{part}_{k}": float(v) for k, v in metrics.items()})
+    return record
+
+
+def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, epochs,
+        batch_size=32, l2=0.0, callback=None):
+    """Train for ``epochs`` more epochs from ``state``; evaluate after each one.
+
+    Args:
+      state: from :func:`init_state` (a new run) or :func:`load_state` (resuming).
+      train: ``(x, y)``: x (m, n_0); y integer labels (m,) for classification
+        or targets (m, n_L).
+      test: optional held-out ``(x, y)`` of the same kind.
+      activations: one name or Activation per layer (static).
+      loss: a loss name or Loss (static).
+      optimizer: anything with optax's ``init``/``update`` (``sgd``,
+        ``make_optimizer``, any ``optax.GradientTransformation``).
+      epochs: how many epochs to run now.
+      batch_size: rows per minibatch B (B > m means one batch of all rows).
+      l2: weight decay on the W's.
+      callback: optional ``f(record)`` called with each history entry.
+
+    Returns:
+      ``(state, history)``: history is a list of dicts with ``epoch``,
+      ``train_loss``, ``test_loss`` and, for labels, ``train_accuracy`` and
+      ``test_accuracy`` (losses are the mean L, without the l2 term). A
+      fresh run (``state.epoch == 0``) starts with the untrained network as
+      epoch 0.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
+    acts, loss, x, y, labels = _prepare(state.params, train, activations, loss)
+    batch_size = min(_check_batch_size(batch_size), x.shape[0])
+    sets = {"train": (x, y, labels)}
+    if test is not None:
+        sets["test"] = _prepare(state.params, test, acts, loss)[2:]
+    history = []
+
+    def record():
+        history.append(_record(state.epoch, state.params, sets, acts, loss))
+        if callback is not None:
+            callback(history[-1])
+
+    if state.epoch == 0:
+        record()
+    for _ in range(epochs):
+        params, opt_state, _ = _train_epoch(
+            state.params, state.opt_state, state.key, state.epoch, x, y, l2,
+            activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size)
+        state = TrainState(params, opt_state, state.key, state.epoch + 1)
+        record()
+    return state, history
+
+
+# --- saving and resuming ------------------------------------------------------------
+def save_state(path, state: TrainState, *, activations=None, loss=None, metadata=None):
+    """Write params, optimizer state, key schedule and epoch to one checkpoint.
+
+    The optimizer state is flattened with ``jax.tree_util``; its leaves are
+    stored as ``extra/opt/<i>``. :func:`load_state` rebuilds the tree from
+    ``optimizer.init(params)``.
+    """
+    leaves = jax.tree_util.tree_leaves(state.opt_state)
+    extra = {f"opt/{i}": leaf for i, leaf in enumerate(leaves)}
+    extra["key"] = jax.random.key_data(state.key)
+    extra["epoch"] = np.asarray(state.epoch, dtype=np.int64)
+    meta = dict(metadata or {}, epoch=int(state.epoch), opt_leaves=len(leaves))
+    return save_params(path, state.params, activations=activations, loss=loss,
+                       metadata=meta, extra=extra)
+
+
+def load_state(path, *, optimizer, sizes=None):
+    """Read a checkpoint written by :func:`save_state`: ``(TrainState, metadata)``.
+
+    Raises:
+      CheckpointError: the file holds no training state, or its optimizer state
+        does not fit ``optimizer`` (another optimizer than the one it was
+        saved with).
+    """
+    ckpt = load_checkpoint(path, sizes=sizes)
+    if "key" not in ckpt.extra or "epoch" not in ckpt.extra:
+        raise CheckpointError(
+            f"{path}: holds params only, no training state (key schedule, optimizer "
+            "state); it can be evaluated or checked but not resumed"
+        )
+    template, treedef = jax.tree_util.tree_flatten(optimizer.init(ckpt.params))
+    saved = [ckpt.extra.get(f"opt/{i}") for i in range(ckpt.metadata.get("opt_leaves", -1))]
+    if len(saved) != len(template) or any(
+        s is None or s.shape != np.shape(t) or s.dtype != np.asarray(t).dtype
+        for s, t in zip(saved, template)
+    ):
+        raise CheckpointError(
+            f"{path}: the saved optimizer state ({len(saved)} arrays) does not fit "
+            f"this optimizer ({len(template)} arrays); resume with the optimizer the "
+            "run was saved with"
+        )
+    opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(s) for s in saved])
+    key = jax.random.wrap_key_data(jnp.asarray(ckpt.extra["key"]))
+    epoch = int(ckpt.extra["epoch"])
+    return TrainState(ckpt.params, opt_state, key, epoch), ckpt.metadata
