@@ -24,6 +24,8 @@ Tolerances, by dtype:
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,10 +83,15 @@ def assert_tree_close(ours, ref, rtol, prefix="") -> dict[str, float]:
 def reference_backprop(params, batch, *, activations, loss, l2=0.0) -> Backprop:
     """Loss, grads, deltas and input gradient, all by jax.grad of the objective."""
     acts, loss_obj, x, y = _validate.prepare(params, batch, activations, loss)
+    return _reference(params, x, y, l2, activations=acts, loss=loss_obj)
+
+
+@partial(jax.jit, static_argnames=("activations", "loss"))
+def _reference(params, x, y, l2, *, activations, loss):
     zeros = [jnp.zeros((x.shape[0], p["W"].shape[1]), x.dtype) for p in params]
 
     def J(params, x, offsets):
-        return objective_from_arrays(params, x, y, l2, acts, loss_obj, offsets)
+        return objective_from_arrays(params, x, y, l2, activations, loss, offsets)
 
     value, (g_params, g_x, g_offsets) = jax.value_and_grad(J, argnums=(0, 1, 2))(
         params, x, zeros
@@ -100,3 +107,18 @@ def assert_backprop_close(ours: Backprop, ref: Backprop, rtol) -> dict[str, floa
     errs.update(assert_tree_close(list(ours.deltas), list(ref.deltas), rtol, "deltas"))
     errs.update(assert_tree_close(ours.input_grad, ref.input_grad, rtol, "input_grad"))
     return errs
+
+
+def log_errors(dtype, errs: dict[str, float]) -> None:
+    """Append the worst error of a case to $FBP_ERROR_LOG, when set.
+
+    Used to report the worst errors seen per dtype after a long (thorough) run:
+    ``FBP_ERROR_LOG=errs.tsv HYPOTHESIS_PROFILE=thorough pytest ...``.
+    """
+    import os
+
+    path = os.environ.get("FBP_ERROR_LOG")
+    if path and errs:
+        worst = max(errs, key=errs.get)
+        with open(path, "a") as f:
+            f.write(f"{jnp.dtype(dtype).name}\t{errs[worst]:.3e}\t{worst}\n")

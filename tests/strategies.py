@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
-from functional_bp import ACTIVATIONS, LOSSES, init_mlp
+from functional_bp import ACTIVATIONS, LOSSES
 
 ACTIVATION_NAMES = sorted(ACTIVATIONS)
 LOSS_NAMES = sorted(LOSSES)
@@ -61,50 +61,53 @@ class Case:
         )
 
 
-def make_targets(key, kind, m, n, dtype):
+def make_targets(rng, kind, m, n, dtype):
     """Targets of one kind: one-hot, integer labels, soft, binary or any reals."""
     if kind == "labels":
-        return jax.random.randint(key, (m,), 0, n)
+        return jnp.asarray(rng.integers(0, n, size=m), dtype=jnp.int32)
     if kind == "one_hot":
-        return jax.nn.one_hot(jax.random.randint(key, (m,), 0, n), n, dtype=dtype)
+        return jnp.asarray(np.eye(n)[rng.integers(0, n, size=m)], dtype=dtype)
     if kind == "soft":  # non-negative rows summing to one
-        return jax.nn.softmax(jax.random.normal(key, (m, n), dtype=dtype), axis=-1)
+        e = np.exp(rng.standard_normal((m, n)))
+        return jnp.asarray(e / e.sum(axis=1, keepdims=True), dtype=dtype)
     if kind == "soft_unnormalised":  # non-negative rows not summing to one
-        return jax.random.uniform(key, (m, n), dtype=dtype, minval=0.0, maxval=2.0)
+        return jnp.asarray(rng.uniform(0.0, 2.0, size=(m, n)), dtype=dtype)
     if kind == "binary":
-        return jax.random.bernoulli(key, 0.5, (m, n)).astype(dtype)
+        return jnp.asarray(rng.integers(0, 2, size=(m, n)), dtype=dtype)
     if kind == "reals":
-        return jax.random.normal(key, (m, n), dtype=dtype)
+        return jnp.asarray(rng.standard_normal((m, n)), dtype=dtype)
     raise ValueError(kind)
+
+
+SCHEME_VARIANCE = {
+    "he": lambda n_in, n_out: 2.0 / n_in,
+    "glorot": lambda n_in, n_out: 2.0 / (n_in + n_out),
+    "classic": lambda n_in, n_out: 1.0 / n_in,
+}
 
 
 def make_case(sizes, m, activations, loss, *, l2=0.0, dtype=jnp.float32, seed=0,
               x_scale=1.0, target_kind=None, scheme="glorot"):
     """Build a Case deterministically from its description.
 
-    float64 cases are built with x64 enabled, so they really are float64; the
-    test that uses them must run under ``with jax.enable_x64(True):`` too.
+    Arrays are drawn with NumPy (no JAX compilation per drawn shape) and then
+    converted; float64 cases are converted with x64 enabled, so they really are
+    float64; the test that uses them must run under ``with
+    jax.enable_x64(True):`` too.
     """
-    if jnp.dtype(dtype) == jnp.dtype("float64"):
-        with jax.enable_x64(True):
-            return _make_case(sizes, m, activations, loss, l2, dtype, seed, x_scale,
-                              target_kind, scheme)
-    return _make_case(sizes, m, activations, loss, l2, dtype, seed, x_scale,
-                      target_kind, scheme)
-
-
-def _make_case(sizes, m, activations, loss, l2, dtype, seed, x_scale, target_kind,
-               scheme):
-    kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
-    params = init_mlp(kp, list(sizes), scheme=scheme, dtype=dtype)
-    # Non-zero biases, so a wrong bias gradient cannot hide behind b = 0.
-    params = [
-        {"W": p["W"], "b": 0.1 * jax.random.normal(k, p["b"].shape, dtype=dtype)}
-        for p, k in zip(params, jax.random.split(kp, len(params)))
-    ]
-    x = x_scale * jax.random.normal(kx, (m, sizes[0]), dtype=dtype)
+    rng = np.random.default_rng(seed)
+    params = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        std = SCHEME_VARIANCE[scheme](n_in, n_out) ** 0.5
+        # Non-zero biases, so a wrong bias gradient cannot hide behind b = 0.
+        params.append({"W": std * rng.standard_normal((n_in, n_out)),
+                       "b": 0.1 * rng.standard_normal(n_out)})
+    x = x_scale * rng.standard_normal((m, sizes[0]))
     target_kind = target_kind or TARGET_KINDS[loss][0]
-    y = make_targets(ky, target_kind, m, sizes[-1], dtype)
+    with jax.enable_x64(jnp.dtype(dtype) == jnp.dtype("float64")):
+        params = jax.tree.map(lambda t: jnp.asarray(t, dtype=dtype), params)
+        x = jnp.asarray(x, dtype=dtype)
+        y = make_targets(rng, target_kind, m, sizes[-1], dtype)
     return Case(params, x, y, tuple(activations), loss, float(l2), dtype, target_kind)
 
 
