@@ -136,3 +136,17 @@ def test_harness_runs_at_the_tiny_shape(tmp_path):
         assert heading in text, heading
     assert "| tiny | [8, 16, 1] / 32 |" in text
     assert "--shapes tiny" in text  # the exact command is recorded
+
+
+def test_bench_command_finds_the_script_in_a_checkout():
+    from functional_bp import bench
+
+    assert bench.find_script() == BENCH / "run.py"
+
+
+def test_bench_command_explains_a_missing_checkout(monkeypatch, capsys):
+    from functional_bp import bench
+
+    monkeypatch.setattr(bench, "find_script", lambda: None)
+    assert bench.main(["--shapes", "tiny"]) == 2
+    assert "benchmarks/run.py was not found" in capsys.readouterr().err
