@@ -202,7 +202,8 @@ def net_cost(params, x, y, acts, offsets):
 
 
 def rel_err(ours, ref):
-    return float(jnp.max(jnp.abs(ours - ref)) / jnp.max(jnp.abs(ref)))
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
 width, m, depth_wide = 32, 64, 20
