@@ -18,6 +18,8 @@ nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")  # notebook 5 trains on scikit-learn's bundled digits
+pytest.importorskip("hypothesis")  # notebook 6 runs a small property test
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 MAX_NOTEBOOK_BYTES = 400_000  # plots are small PNGs; no large printed arrays
@@ -47,6 +49,13 @@ def test_the_series_is_complete():
     ]
     committed = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
     assert committed == NAMES, "each source in notebooks/src has exactly one .ipynb"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_notebook_checks_against_autodiff(name):
+    code = "\n".join(src for kind, src in _cells(build.build(name)) if kind == "code")
+    assert "jax.grad" in code or "check_gradients" in code
+    assert "assert" in code or "raise_if_failed" in code
 
 
 @pytest.mark.parametrize("name", NAMES)

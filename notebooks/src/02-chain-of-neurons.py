@@ -242,7 +242,8 @@ assert wide_delta["relu"][0] / wide_delta["relu"][-2] > 1e-2
 # With sigmoid units, $\delta$ loses about a factor of four or more per layer
 # in both settings: the first layers of a deep sigmoid network receive
 # gradients many orders of magnitude smaller than the last ones. Tanh and
-# relu with a matching initialisation keep $\delta$ at a workable size. The
+# relu keep $\delta$ at a workable size (in the wide networks, with the
+# initialisation suited to each). The
 # recursion explains why: the size of $\delta^l$ is set by the product of the
 # weights and the activation slopes on the way back.
 #
