@@ -17,7 +17,7 @@ only put side by side steps that compute the same numbers.
 
 Besides the times: GFLOP/s of the step (matmul FLOPs counted by hand, see
 :func:`step_flops`), the fraction of a float32 matmul peak measured in the same
-run (:func:`matmul_peak`), the compiled HLO of ours and of the reference
+run (:func:`matmul`), the compiled HLO of ours and of the reference
 summarised side by side (:func:`hlo_summary`), and the time of a first call on
 a fresh shape (trace, compile and one run) after ``jax.clear_caches()``.
 "validation only" times the input checks the public call runs before its
@@ -42,6 +42,8 @@ from functional_bp import _validate
 import numpy_mlp
 import timing
 import torch_mlp
+
+CONTROL = "jax.value_and_grad after Python work"
 
 # name: (layer widths [n_0, ..., n_L], batch size m)
 SHAPES = {
@@ -164,17 +166,25 @@ def hlo_summary(fn, *args) -> dict:
     }
 
 
-def matmul_peak(n: int, *, blocks: int, reps: int, min_sample_s: float) -> dict:
-    """GFLOP/s of a float32 (n, n) @ (n, n) ``jnp.dot`` under jit, timed like the steps."""
+def matmul(n: int):
+    """A zero-argument callable: one float32 (n, n) @ (n, n) ``jnp.dot`` under jit.
+
+    Its rate, 2 n^3 FLOPs per call, is the matmul peak the steps are measured
+    against; it is timed inside every shape's alternating blocks, so the peak
+    and the steps see the same state of the machine.
+    """
     ka, kb = jax.random.split(jax.random.key(1))
     a = jax.random.normal(ka, (n, n), jnp.float32)
     b = jax.random.normal(kb, (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    t = timing.compare(
-        {"matmul": lambda: _ready(dot(a, b))},
-        warmup=2, blocks=blocks, reps=reps, min_sample_s=min_sample_s,
-    )["matmul"]
-    return {"n": n, "seconds": t.median, "gflops": 2 * n**3 / t.median / 1e9}
+    return lambda: _ready(dot(a, b))
+
+
+def busy_wait(seconds: float) -> None:
+    """Keep the Python thread busy for ``seconds`` (a stand-in for other Python work)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def first_call_seconds(params, x, y, activations, loss, *, reps: int) -> dict:
@@ -196,8 +206,14 @@ def first_call_seconds(params, x, y, activations, loss, *, reps: int) -> dict:
 
 def run(shape_names, *, blocks, reps, warmup, min_sample_s, seed=0,
         with_numpy=True, with_torch=True, torch_threads=None, compile_reps=3,
-        log=print) -> list[dict]:
-    """Time every implementation at each shape; one result dict per shape."""
+        peak_n=2048, log=print) -> list[dict]:
+    """Time every implementation at each shape; one result dict per shape.
+
+    Besides the implementations, each shape's blocks time the input validation
+    alone, the control :data:`CONTROL` (the reference step preceded by a busy
+    wait as long as the validation, measured just before), and the matmul of
+    the peak.
+    """
     rows = []
     for name in shape_names:
         sizes, m = SHAPES[name]
@@ -207,9 +223,15 @@ def run(shape_names, *, blocks, reps, warmup, min_sample_s, seed=0,
                                 torch_threads=torch_threads)
         reference = impls["jax.value_and_grad"][1]()
         errors = {k: max_leaf_error(result(), reference) for k, (_, result) in impls.items()}
-        log(f"[grad-step] {name} {sizes}/{m}: timing {', '.join(impls)}")
+        validate = partial(_validate.prepare, params, (x, y), activations, loss)
+        v = timing.compare({"v": validate}, warmup=warmup, blocks=3, reps=reps,
+                           min_sample_s=min_sample_s, seed=seed)["v"].median
+        ref_step = impls["jax.value_and_grad"][0]
         steps = {k: step for k, (step, _) in impls.items()}
-        steps["validation only"] = partial(_validate.prepare, params, (x, y), activations, loss)
+        steps["validation only"] = validate
+        steps[CONTROL] = lambda: (busy_wait(v), ref_step())
+        steps["matmul peak"] = matmul(peak_n)
+        log(f"[grad-step] {name} {sizes}/{m}: timing {', '.join(steps)}")
         timings = timing.compare(
             steps,
             warmup=warmup, blocks=blocks, reps=reps, min_sample_s=min_sample_s, seed=seed,
@@ -223,7 +245,7 @@ def run(shape_names, *, blocks, reps, warmup, min_sample_s, seed=0,
         first = first_call_seconds(params, x, y, activations, loss, reps=compile_reps)
         rows.append({
             "shape": name, "sizes": sizes, "m": m, "loss": loss,
-            "flops": step_flops(sizes, m),
+            "flops": step_flops(sizes, m), "peak_n": peak_n,
             "timings": timings, "errors": errors, "hlo": hlo, "first_call": first,
         })
     return rows

@@ -48,8 +48,8 @@ def parse_args(argv=None):
                    help=f"comma-separated, among {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--shapes", default=",".join(grad_step.SHAPES),
                    help=f"comma-separated, among {', '.join(grad_step.SHAPES)} (default: all)")
-    p.add_argument("--blocks", type=int, default=10, help="alternating blocks (default 10)")
-    p.add_argument("--reps", type=int, default=3, help="samples per block (default 3)")
+    p.add_argument("--blocks", type=int, default=20, help="alternating blocks (default 20)")
+    p.add_argument("--reps", type=int, default=2, help="samples per block (default 2)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
     p.add_argument("--min-sample-s", type=float, default=0.05,
                    help="shortest duration of one sample in seconds (default 0.05)")
