@@ -338,3 +338,19 @@ def load_dataset(name, *, seed=0, test_fraction=0.2, task="auto") -> Dataset:
         f"unknown data set {name!r}; valid names are {list(BUILTIN)}, or a path to "
         "an .npz (arrays X, y) or .csv (last column the target) file"
     )
+
+
+def standardize(data: Dataset):
+    """Shift and scale every feature to mean 0, std 1 on the training part.
+
+    x := (x - mean) / std with mean and std of ``x_train`` per column (a
+    constant column keeps std 1). The test part uses the training statistics.
+
+    Returns:
+      ``(dataset, mean, std)``; mean and std have shape (n_0,).
+    """
+    mean = data.x_train.mean(axis=0)
+    std = data.x_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    scale = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+    return data._replace(x_train=scale(data.x_train), x_test=scale(data.x_test)), mean, std
