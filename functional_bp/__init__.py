@@ -3,9 +3,11 @@
 from .activations import ACTIVATIONS, Activation
 from .backprop import Backprop, backprop, grad, value_and_grad
 from .checking import GradientReport, check_gradients
+from .checkpoint import load_params, save_params
 from .losses import LOSSES, Loss
 from .mlp import forward, init_mlp, objective
 from .parallel import data_parallel_value_and_grad
+from .train import TrainState, fit, init_state, load_state, save_state
 
 __version__ = "0.1.0"
 
@@ -16,12 +18,19 @@ __all__ = [
     "GradientReport",
     "LOSSES",
     "Loss",
+    "TrainState",
     "backprop",
     "check_gradients",
     "data_parallel_value_and_grad",
+    "fit",
     "forward",
     "grad",
     "init_mlp",
+    "init_state",
+    "load_params",
+    "load_state",
     "objective",
+    "save_params",
+    "save_state",
     "value_and_grad",
 ]
