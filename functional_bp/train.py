@@ -137,14 +137,19 @@ def batch_plan(key, m: int, batch_size: int, dtype=jnp.float32):
     return idx, jnp.asarray(w, dtype=dtype)
 
 
-def _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer, batch_size):
-    """One pass over (x, y) in shuffled minibatches: a lax.scan of update steps."""
+def _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer, batch_size,
+           step_grads=_step_grads):
+    """One pass over (x, y) in shuffled minibatches: a lax.scan of update steps.
+
+    ``step_grads`` computes one step's ``(J_B, G)``; a variant with the same
+    signature (e.g. one that splits the batch over devices) can replace it.
+    """
     idx, weights = batch_plan(key, x.shape[0], batch_size, x.dtype)
 
     def step(carry, batch):
         params, opt_state = carry
         i, w = batch
-        J, G = _step_grads(params, x[i], y[i], w, l2, activations, loss)
+        J, G = step_grads(params, x[i], y[i], w, l2, activations, loss)
         updates, opt_state = optimizer.update(G, opt_state, params)
         return (_apply(params, updates), opt_state), J
 
@@ -152,12 +157,13 @@ def _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer, batch
     return params, opt_state, losses
 
 
-@partial(jax.jit, static_argnames=("activations", "loss", "optimizer", "batch_size"))
+@partial(jax.jit, static_argnames=("activations", "loss", "optimizer", "batch_size",
+                                   "step_grads"))
 def _train_epoch(params, opt_state, base_key, epoch, x, y, l2, *, activations, loss,
-                 optimizer, batch_size):
+                 optimizer, batch_size, step_grads=_step_grads):
     key = jax.random.fold_in(base_key, epoch)
     return _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer,
-                  batch_size)
+                  batch_size, step_grads)
 
 
 def _metrics_of(params, x, y, labels, activations, loss):
