@@ -21,6 +21,7 @@ import sys
 import time
 
 from .activations import ACTIVATIONS
+from .bench import add_bench, cmd_bench
 from .losses import LOSSES
 from .mlp import SCHEMES
 
@@ -400,7 +401,8 @@ def cmd_check(args):
 
 
 # --- entry point ---------------------------------------------------------------------
-COMMANDS = {"train": (add_train, cmd_train), "check": (add_check, cmd_check)}
+COMMANDS = {"train": (add_train, cmd_train), "check": (add_check, cmd_check),
+            "bench": (add_bench, cmd_bench)}
 """name -> (function adding its subparser, function running it)."""
 
 

@@ -150,3 +150,11 @@ def test_bench_command_explains_a_missing_checkout(monkeypatch, capsys):
     monkeypatch.setattr(bench, "find_script", lambda: None)
     assert bench.main(["--shapes", "tiny"]) == 2
     assert "benchmarks/run.py was not found" in capsys.readouterr().err
+
+
+def test_cli_passes_every_bench_argument_to_the_harness():
+    from functional_bp.cli import build_parser
+
+    argv = ["bench", "--shapes", "tiny", "--help", "--out", "x.md"]
+    args = build_parser()[0].parse_args(argv)
+    assert args.command == "bench" and args.bench_args == argv[1:]
