@@ -83,15 +83,18 @@ def test_truncated_file(saved):
 
 
 def test_corrupted_bytes(saved):
+    """Bytes flipped inside W1's array data: the member's CRC-32 no longer matches."""
     path, _ = saved
     with zipfile.ZipFile(path) as z:
         info = z.getinfo("W1.npy")
     data = bytearray(path.read_bytes())
-    # flip bytes in the middle of W1's stored data: the member's CRC no longer matches
-    middle = info.header_offset + 30 + len(info.filename) + info.file_size // 2
-    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    start = info.header_offset  # local file header: name and extra lengths at 26..29
+    name_len = int.from_bytes(data[start + 26 : start + 28], "little")
+    extra_len = int.from_bytes(data[start + 28 : start + 30], "little")
+    end = start + 30 + name_len + extra_len + info.compress_size  # end of W1's bytes
+    data[end - 8 : end] = bytes(b ^ 0xFF for b in data[end - 8 : end])
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="corrupted.*CRC"):
         load_params(path)
 
 
