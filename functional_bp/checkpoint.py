@@ -64,6 +64,12 @@ def _names(spec):
     return [getattr(a, "name", a) for a in spec] if spec is not None else None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_params(path, params, *, activations=None, loss=None, metadata=None,
                 extra=None):
     """Write ``params`` (and metadata, extra arrays) to ``path`` atomically.
@@ -107,6 +113,7 @@ def save_params(path, params, *, activations=None, loss=None, metadata=None,
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
