@@ -110,7 +110,8 @@ def sharded_value_and_grad(params, x, y, w, activations, loss, mesh):
         r = backprop_from_arrays(params, x, y, 0.0, activations, loss, weights=w)
         return jax.lax.psum((r.loss, r.grads), DATA)  # the one cross-device sum
 
-    if dict(zip(mesh.axis_names, mesh.axis_types))[DATA] == jax.sharding.AxisType.Explicit:
+    axis_type = dict(zip(mesh.axis_names, mesh.axis_types))[DATA]
+    if axis_type == jax.sharding.AxisType.Explicit:
         # An explicit mesh wants the split stated on the arrays' types.
         x, y, w = jax.reshard((x, y, w), NamedSharding(mesh, P(DATA)))
     return jax.shard_map(
