@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     for name in args.sections:
         sections.RUNNERS[name](context)
     elapsed = time.perf_counter() - started
+    header_machine.append(("load average at end", " ".join(f"{v:.2f}" for v in os.getloadavg())))
 
     body = sections.render(context, label=label, command=command, machine=header_machine,
                            versions=report.versions(), date=report.now(), elapsed=elapsed)
