@@ -128,7 +128,24 @@ def add_train(sub):
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run from its params.npz (its configuration is kept)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--devices", type=positive_int, metavar="N",
+                   help="split each minibatch over the first N devices (data parallel) [1]")
     return p
+
+
+def _data_mesh(n):
+    """None for one device, else a mesh with a "data" axis over the first n devices."""
+    if n is None or n == 1:
+        return None
+    import jax
+
+    from .parallel import data_mesh
+
+    if n > jax.device_count():
+        raise UsageError("--devices", f"{n} devices asked for, {jax.device_count()} "
+                         "available (on CPU, XLA_FLAGS=--xla_force_host_platform_device_"
+                         "count=N makes N host devices)")
+    return data_mesh(jax.devices()[:n])
 
 
 def _train_config(args):
@@ -241,6 +258,7 @@ def cmd_train(args):
     loss = config["loss"] or ("mse" if data.n_classes is None else "softmax_cross_entropy")
     sizes, activations = _layers(config, data)
     optimizer = make_optimizer(config["optimizer"], config["lr"], momentum=config["momentum"])
+    mesh = _data_mesh(args.devices)
 
     history = []
     if resumed is None:
@@ -264,7 +282,7 @@ def cmd_train(args):
     state, new = fit(state, (data.x_train, data.y_train), (data.x_test, data.y_test),
                      activations=activations, loss=loss, optimizer=optimizer,
                      epochs=args.epochs, batch_size=config["batch_size"], l2=config["l2"],
-                     callback=on_epoch)
+                     callback=on_epoch, mesh=mesh)
     if bar is not None:
         bar.close()
     history += new
@@ -287,6 +305,7 @@ def cmd_train(args):
         "test_loss": final["test_loss"],
         "resumed_from": args.resume,
         "seconds": round(train_seconds, 3),
+        "devices": args.devices or 1,
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)

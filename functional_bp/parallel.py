@@ -28,6 +28,7 @@ and each process feeds its own rows (see :func:`shard_rows`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -79,21 +80,22 @@ def check_mesh(mesh) -> Mesh:
     return mesh
 
 
-def pad_rows(x, y, n_shards):
+def pad_rows(x, y, n_shards, weights=None):
     """Pad x (m, n_0) and y (m, n_L) to a multiple of ``n_shards`` rows; weights.
 
     Returns ``(x, y, w)`` with m_pad = n_shards * ceil(m / n_shards) rows and
-    w (m_pad,) equal to 1/m on the m real rows and 0 on the padding rows, so
-    sum_i w_i L_i is still the mean over the true m. Padding rows repeat the
-    last real row, so they are as finite as it is (0 * finite = 0).
+    w (m_pad,) equal to ``weights`` (1/m on every row by default) on the m
+    given rows and 0 on the padding rows, so sum_i w_i L_i is still the mean
+    over the true m. Padding rows repeat the last row, so they are as finite
+    as it is (0 * finite = 0).
     """
     m = x.shape[0]
     pad = -m % n_shards
-    w = jnp.full((m + pad,), 1 / m, dtype=x.dtype)
+    w = jnp.full((m,), 1 / m, dtype=x.dtype) if weights is None else weights
     if pad:
         x = jnp.pad(x, ((0, pad), (0, 0)), mode="edge")
         y = jnp.pad(y, ((0, pad), (0, 0)), mode="edge")
-        w = jnp.where(jnp.arange(m + pad) < m, w, jnp.zeros_like(w))
+        w = jnp.pad(w, (0, pad))  # zeros: padding rows do not count
     return x, y, w
 
 
@@ -119,18 +121,36 @@ def sharded_value_and_grad(params, x, y, w, activations, loss, mesh):
     )(params, x, y, w)
 
 
-def value_and_grad_from_arrays(params, x, y, l2, activations, loss, mesh):
+def value_and_grad_from_arrays(params, x, y, l2, activations, loss, mesh,
+                               weights=None):
     """``(J, grads)`` for validated arrays x (m, n_0), y (m, n_L), any m >= 1.
 
     Pads to a multiple of the data-axis size, runs
-    :func:`sharded_value_and_grad`, and adds the l2 term once. Traceable: the
-    trainer calls it for each step of its ``lax.scan``.
+    :func:`sharded_value_and_grad`, and adds the l2 term once. ``weights``
+    (m,) replace the 1/m of the mean when given (the trainer's minibatch
+    weights). Traceable: usable inside ``jax.jit`` and ``lax.scan``.
     """
-    x, y, w = pad_rows(x, y, mesh.shape[DATA])
+    x, y, w = pad_rows(x, y, mesh.shape[DATA], weights)
     J, grads = sharded_value_and_grad(params, x, y, w, activations, loss, mesh)
     J = J + l2_penalty(params, l2)
     grads = [{"W": g["W"] + l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]
     return J, grads
+
+
+@dataclass(frozen=True)
+class DataParallelStep:
+    """A trainer step's gradient, ``(params, x, y, w, l2, activations, loss) ->
+    (J_B, G)``, with the minibatch's rows split over ``mesh``'s data axis.
+
+    Hashable and equal by mesh, so it can be a static argument of a jitted
+    epoch (see :func:`functional_bp.train.fit`).
+    """
+
+    mesh: Mesh
+
+    def __call__(self, params, x, y, w, l2, activations, loss):
+        return value_and_grad_from_arrays(params, x, y, l2, activations, loss,
+                                          self.mesh, weights=w)
 
 
 @partial(jax.jit, static_argnames=("activations", "loss", "mesh"))

@@ -48,6 +48,7 @@ from . import _validate
 from .backprop import backprop_from_arrays
 from .checkpoint import CheckpointError, load_checkpoint, save_params
 from .mlp import forward_trace
+from .parallel import DataParallelStep, check_mesh
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -118,6 +119,11 @@ def _step_grads(params, x, y, w, l2, activations, loss):
     """(J_B, dJ_B/dparams) on one minibatch, weights w (B,) in place of 1/B."""
     r = backprop_from_arrays(params, x, y, l2, activations, loss, weights=w)
     return r.loss, r.grads
+
+
+def _step_grads_on(mesh):
+    """The step's gradient on one device, or with the rows split over ``mesh``."""
+    return _step_grads if mesh is None else DataParallelStep(check_mesh(mesh))
 
 
 def batch_plan(key, m: int, batch_size: int, dtype=jnp.float32):
@@ -210,16 +216,19 @@ def init_state(params, *, optimizer, key) -> TrainState:
 
 
 def train_epoch(state: TrainState, data, *, activations, loss, optimizer, batch_size,
-                l2=0.0):
+                l2=0.0, mesh=None):
     """One epoch over ``data = (x, y)``: returns ``(new_state, minibatch_losses)``.
 
-    ``minibatch_losses`` has one J_B per step, shape (ceil(m / B),).
+    ``minibatch_losses`` has one J_B per step, shape (ceil(m / B),). With a
+    ``mesh``, each step's minibatch is split over its ``"data"`` axis (see
+    :func:`fit`).
     """
     acts, loss, x, y, _ = _prepare(state.params, data, activations, loss)
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
     params, opt_state, losses = _train_epoch(
         state.params, state.opt_state, state.key, state.epoch, x, y, l2,
-        activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size)
+        activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
+        step_grads=_step_grads_on(mesh))
     return TrainState(params, opt_state, state.key, state.epoch + 1), losses
 
 
@@ -244,7 +253,7 @@ def _record(epoch, params, sets, activations, loss):
 
 
 def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, epochs,
-        batch_size=32, l2=0.0, callback=None):
+        batch_size=32, l2=0.0, callback=None, mesh=None):
     """Train for ``epochs`` more epochs from ``state``; evaluate after each one.
 
     Args:
@@ -260,6 +269,10 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
       batch_size: rows per minibatch B (B > m means one batch of all rows).
       l2: weight decay on the W's.
       callback: optional ``f(record)`` called with each history entry.
+      mesh: optional :class:`jax.sharding.Mesh` with a ``"data"`` axis: each
+        step's minibatch is split over it and its gradient computed by
+        :func:`functional_bp.data_parallel_value_and_grad`'s array-level core
+        (same results as one device, up to rounding).
 
     Returns:
       ``(state, history)``: history is a list of dicts with ``epoch``,
@@ -272,6 +285,7 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
         raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
     acts, loss, x, y, labels = _prepare(state.params, train, activations, loss)
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
+    step_grads = _step_grads_on(mesh)
     sets = {"train": (x, y, labels)}
     if test is not None:
         sets["test"] = _prepare(state.params, test, acts, loss)[2:]
@@ -287,7 +301,8 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
     for _ in range(epochs):
         params, opt_state, _ = _train_epoch(
             state.params, state.opt_state, state.key, state.epoch, x, y, l2,
-            activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size)
+            activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
+            step_grads=step_grads)
         state = TrainState(params, opt_state, state.key, state.epoch + 1)
         record()
     return state, history

@@ -160,3 +160,48 @@ def test_padding_rows_do_not_count():
         mesh = jax.make_mesh((D,), ("data",))
         sharded = NamedSharding(mesh, P("data"))
         assert jax.device_put(x, sharded).addressable_shards[3].data.shape == (2, 3)
+
+
+# --- training: the fused epoch, data parallel ------------------------------------
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_data_parallel_training_equals_one_device(dtype):
+    """fit(mesh=...) equals fit() on one device, up to rounding: m = 47 rows in
+    minibatches of B = 10 (neither a multiple of 4; the last batch has 7 rows)."""
+    from functional_bp.train import fit, init_state, sgd
+
+    with jax.enable_x64(dtype == jnp.float64):
+        kp, kx, ky, ks = jax.random.split(jax.random.key(7), 4)
+        params = fbp.init_mlp(kp, [3, 8, 4], dtype=dtype)
+        x = jax.random.normal(kx, (47, 3), dtype=dtype)
+        y = jax.random.randint(ky, (47,), 0, 4)
+        opt = sgd(0.3)
+        kw = dict(activations=("tanh", "identity"), loss="softmax_cross_entropy",
+                  optimizer=opt, epochs=3, batch_size=10, l2=1e-3)
+        one, hist_one = fit(init_state(params, optimizer=opt, key=ks), (x, y), **kw)
+        many, hist_many = fit(init_state(params, optimizer=opt, key=ks), (x, y),
+                              mesh=parallel.data_mesh(), **kw)
+        rtol = rtol_for(dtype)
+        assert len(many.params[0]["W"].sharding.device_set) == D  # really on 4 devices
+        assert_tree_close(many.params, one.params, rtol, "trained params")
+        moved = jax.tree.map(lambda a, b: a - b, one.params, params)
+        assert min(float(jnp.max(jnp.abs(d))) for d in jax.tree.leaves(moved)) > 1e-3
+        for a, b in zip(hist_many, hist_one):
+            assert abs(a["train_loss"] - b["train_loss"]) <= rtol * abs(b["train_loss"])
+
+
+def test_cli_devices(tmp_path):
+    """functional-bp train --devices 4 writes the same params as --devices 1."""
+    from functional_bp.cli import main
+
+    common = ["train", "--data", "xor", "--hidden", "8", "--activation", "tanh",
+              "--optimizer", "sgd", "--lr", "0.5", "--batch-size", "10", "--epochs", "3",
+              "--quiet"]
+    for n in (1, 4):
+        assert main(common + ["--devices", str(n), "--out", str(tmp_path / f"d{n}")]) == 0
+    one, four = (np.load(tmp_path / f"d{n}" / "params.npz") for n in (1, 4))
+    weights = [k for k in one.files if k[0] in "Wb" and k[1:].isdigit()]
+    assert len(weights) == 4, one.files  # W1, b1, W2, b2
+    for k in weights:
+        assert_tree_close(four[k], one[k], 2e-5, k)
+    with pytest.raises(SystemExit):
+        main(common + ["--devices", "5", "--out", str(tmp_path / "d5")])
