@@ -100,3 +100,13 @@ def test_pad_rows_weights_are_the_true_mean():
     xp, _, w = parallel.pad_rows(x, y, 5)
     assert xp.shape == (5, 2)
     np.testing.assert_allclose(np.asarray(w), [0.2] * 5)
+
+
+def test_cli_more_devices_than_there_are(capsys):
+    from functional_bp.cli import main
+
+    n = jax.device_count() + 1
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", "xor", "--epochs", "1", "--quiet", "--devices", str(n)])
+    assert e.value.code == 2
+    assert f"--devices: {n} devices asked for" in capsys.readouterr().err
