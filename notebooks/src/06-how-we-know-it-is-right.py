@@ -331,3 +331,35 @@ for l in range(len(params)):
     assert rel_err(clipped[l]["b"], direct[l]["b"]) < RTOL
 print(f"clip norm {clip_norm:.4f}: {int(jnp.sum(s < 1))} of {m} examples scaled down; "
       "the weighted backward pass equals the clipped sum of per-example gradients")
+
+# %% [markdown]
+# ## The same with the library
+#
+# `fbp.per_example_grads`, `fbp.per_example_grad_norms` and
+# `fbp.clipped_grad` implement exactly these three steps: the outer products
+# of the rows, the norms from the rows, and the clipped mean as one weighted
+# pass. They must agree with the `jax.vmap` references above. With
+# `noise_multiplier` $\sigma > 0$ and a random key, `clipped_grad` also adds
+# the Gaussian noise: the difference from the noiseless result, in units of
+# $\sigma c / m$, should look like draws from a standard normal.
+
+# %%
+lib_grads = fbp.per_example_grads(params, batch, **kw)
+lib_norms = fbp.per_example_grad_norms(params, batch, **kw)
+lib_clipped = fbp.clipped_grad(params, batch, **kw, clip_norm=clip_norm)
+for l in range(len(params)):
+    for leaf in ["W", "b"]:
+        assert rel_err(lib_grads[l][leaf], ref[l][leaf]) < RTOL
+        assert rel_err(lib_clipped[l][leaf], direct[l][leaf]) < RTOL
+assert rel_err(lib_norms, ref_norms) < RTOL
+print("per_example_grads, per_example_grad_norms, clipped_grad: equal to the vmap references")
+
+sigma = 1.1
+noisy = fbp.clipped_grad(params, batch, **kw, clip_norm=clip_norm, noise_multiplier=sigma,
+                         key=jax.random.key(7))
+noise = np.concatenate([np.ravel(n - c) for n, c in
+                        zip(jax.tree.leaves(noisy), jax.tree.leaves(lib_clipped))])
+noise = noise * m / (sigma * clip_norm)
+print(f"noise in units of sigma c / m over {noise.size} parameters: "
+      f"mean {noise.mean():.2f}, standard deviation {noise.std():.2f}")
+assert abs(noise.mean()) < 0.5 and abs(noise.std() - 1) < 0.4
