@@ -6,6 +6,7 @@ from .checking import GradientReport, check_gradients
 from .checkpoint import load_params, save_params
 from .losses import LOSSES, Loss
 from .mlp import forward, init_mlp, objective
+from .per_example import clipped_grad, per_example_grad_norms, per_example_grads
 from .parallel import data_parallel_value_and_grad
 from .train import TrainState, fit, init_state, load_state, save_state
 
@@ -21,6 +22,7 @@ __all__ = [
     "TrainState",
     "backprop",
     "check_gradients",
+    "clipped_grad",
     "data_parallel_value_and_grad",
     "fit",
     "forward",
@@ -30,6 +32,8 @@ __all__ = [
     "load_params",
     "load_state",
     "objective",
+    "per_example_grad_norms",
+    "per_example_grads",
     "save_params",
     "save_state",
     "value_and_grad",

@@ -1,0 +1,197 @@
+"""Per-example gradients, their norms, and DP-SGD clipping, all from the deltas.
+
+Run the delta recursion with weight 1 on every example (instead of 1/m): row i
+of each G^l is then example i's own dL_i/dz^l_i, written ``delta_i^l``
+(n_l,), and row i of A^{l-1} is ``a_i^{l-1}`` (n_{l-1},). Then, per example::
+
+    dL_i/dW^l = outer(a_i^{l-1}, delta_i^l)             (n_{l-1}, n_l)
+    dL_i/db^l = delta_i^l                               (n_l,)
+    ||g_i||^2 = sum_l (||a_i^{l-1}||^2 + 1) ||delta_i^l||^2
+
+(the squared Frobenius norm of an outer product is the product of the squared
+norms). The norms therefore need O(m * sum of widths) memory, never the
+O(m * number of parameters) of the per-example gradients themselves.
+
+Clipping each example to ``clip_norm`` C multiplies its gradient by
+c_i = min(1, C / ||g_i||) = C / max(||g_i||, C). The recursion is linear in each
+row, so that is the same as scaling row i of every G^l by c_i / m, and the
+clipped mean is one weighted sum::
+
+    dW^l = A^{l-1,T} (c/m ⊙ G^l),    db^l = sum of the rows of (c/m ⊙ G^l)
+
+``C / max(||g_i||, C)`` is 1 for an example whose gradient is exactly zero:
+there is no 0/0, in any branch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from numbers import Real
+
+import jax
+import jax.numpy as jnp
+
+from . import _validate
+from .backprop import backprop_from_arrays
+from .mlp import forward_trace
+
+
+def _deltas_and_inputs(params, x, y, activations, loss):
+    """([delta^1..delta^L], [A^0..A^{L-1}]): each example's own G^l (weight 1)."""
+    ones = jnp.ones((x.shape[0],), dtype=x.dtype)
+    deltas = backprop_from_arrays(params, x, y, 0.0, activations, loss, weights=ones).deltas
+    _, As = forward_trace(params, x, activations)  # XLA shares it with the above
+    return deltas, As[:-1]
+
+
+def per_example_grads_from_arrays(params, x, y, activations, loss):
+    """Per-example gradients for validated arrays: leaves (m, *leaf shape)."""
+    deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
+    return [
+        {"W": jnp.einsum("mi,mj->mij", a, delta), "b": delta}
+        for a, delta in zip(As, deltas)
+    ]
+
+
+def per_example_grad_norms_from_arrays(params, x, y, activations, loss):
+    """||g_i|| for validated arrays, shape (m,), without forming any g_i."""
+    deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
+    sq = sum(
+        (jnp.sum(a * a, axis=1) + 1) * jnp.sum(delta * delta, axis=1)
+        for a, delta in zip(As, deltas)
+    )
+    return jnp.sqrt(sq)
+
+
+def clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
+                             activations, loss):
+    """The DP-SGD gradient for validated arrays (``key`` None: no noise)."""
+    m = x.shape[0]
+    deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
+    sq = sum(
+        (jnp.sum(a * a, axis=1) + 1) * jnp.sum(delta * delta, axis=1)
+        for a, delta in zip(As, deltas)
+    )
+    norms = jnp.sqrt(sq)
+    c = clip_norm / jnp.maximum(norms, clip_norm)  # min(1, C/||g_i||), 1 when g_i = 0
+    w = (c / m)[:, None]
+    grads = [
+        {"W": a.T @ (w * delta), "b": jnp.sum(w * delta, axis=0)}
+        for a, delta in zip(As, deltas)
+    ]
+    if key is None:
+        return grads
+    leaves, treedef = jax.tree_util.tree_flatten(grads)
+    keys = jax.random.split(key, len(leaves))
+    std = noise_multiplier * clip_norm / m
+    noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
+    return treedef.unflatten(noisy)
+
+
+_per_example_grads = jax.jit(per_example_grads_from_arrays,
+                             static_argnames=("activations", "loss"))
+_per_example_grad_norms = jax.jit(per_example_grad_norms_from_arrays,
+                                  static_argnames=("activations", "loss"))
+_clipped_grad = jax.jit(clipped_grad_from_arrays, static_argnames=("activations", "loss"))
+
+
+def per_example_grads(params, batch, *, activations, loss):
+    """Each example's own gradient: dL_i/dW^l = outer(a_i^{l-1}, delta_i^l), dL_i/db^l = delta_i^l.
+
+    L_i is example i's own loss: no 1/m and no l2 term. Equal to
+    ``jax.vmap(jax.grad(L_i))`` over the examples, from one backward pass.
+
+    Args:
+      params: list of ``{"W": (n_{l-1}, n_l), "b": (n_l,)}`` dicts.
+      batch: ``(x, y)``, x (m, n_0), y (m, n_L) (or integer labels (m,) for
+        ``softmax_cross_entropy``).
+      activations: one name or :class:`~functional_bp.Activation` per layer.
+      loss: a loss name or :class:`~functional_bp.Loss`.
+
+    Returns:
+      The params structure with a leading axis m on every leaf: W^l leaves
+      (m, n_{l-1}, n_l), b^l leaves (m, n_l).
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp, functional_bp as fbp
+        >>> params = fbp.init_mlp(jax.random.key(0), [3, 4, 2])
+        >>> g = fbp.per_example_grads(params, (jnp.ones((5, 3)), jnp.zeros((5, 2))),
+        ...                           activations=["relu", "identity"], loss="mse")
+        >>> g[0]["W"].shape, g[1]["b"].shape
+        ((5, 3, 4), (5, 2))
+    """
+    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
+    return _per_example_grads(params, x, y, activations=acts, loss=loss)
+
+
+def per_example_grad_norms(params, batch, *, activations, loss):
+    """The global L2 norm of each example's own gradient, shape (m,).
+
+    ||g_i||^2 = sum_l (||a_i^{l-1}||^2 + 1) ||delta_i^l||^2, from the deltas and
+    activations: memory O(m * sum of widths); no per-example gradient is formed.
+    Arguments as in :func:`per_example_grads`.
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp, functional_bp as fbp
+        >>> params = fbp.init_mlp(jax.random.key(0), [3, 4, 2])
+        >>> fbp.per_example_grad_norms(params, (jnp.ones((5, 3)), jnp.zeros((5, 2))),
+        ...                            activations=["relu", "identity"], loss="mse").shape
+        (5,)
+    """
+    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
+    return _per_example_grad_norms(params, x, y, activations=acts, loss=loss)
+
+
+def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplier=0.0,
+                 key=None):
+    """The DP-SGD gradient, as one weighted backward pass.
+
+    (1/m) [sum_i g_i min(1, C / ||g_i||) + N(0, (noise_multiplier * C)^2 I)]
+    with C = ``clip_norm`` and g_i example i's own gradient (no l2). The clip
+    factors c_i = C / max(||g_i||, C) scale the rows of the deltas:
+    dW^l = A^{l-1,T} (c/m ⊙ G^l). An example whose gradient is zero gets
+    c_i = 1 (no 0/0).
+
+    Args:
+      params, batch, activations, loss: as in :func:`per_example_grads`.
+      clip_norm: C > 0.
+      noise_multiplier: the noise standard deviation in units of C; when it
+        is not zero, ``key`` is required.
+      key: a ``jax.random`` key for the Gaussian noise (one independent
+        normal per parameter). With ``key=None`` no noise is added.
+
+    Returns:
+      Params-shaped gradients.
+
+    Raises:
+      ValueError: ``clip_norm`` <= 0 or ``noise_multiplier`` < 0 (checked when
+        they are Python numbers), or noise requested without a key.
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp, functional_bp as fbp
+        >>> params = fbp.init_mlp(jax.random.key(0), [3, 4, 2])
+        >>> g = fbp.clipped_grad(params, (jnp.ones((5, 3)), jnp.zeros((5, 2))),
+        ...                      activations=["relu", "identity"], loss="mse",
+        ...                      clip_norm=1.0, noise_multiplier=1.1,
+        ...                      key=jax.random.key(1))
+        >>> g[0]["W"].shape
+        (3, 4)
+    """
+    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
+    if isinstance(clip_norm, Real) and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0; got {clip_norm}")
+    if isinstance(noise_multiplier, Real):
+        if not noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0; got {noise_multiplier}")
+        if noise_multiplier != 0 and key is None:
+            raise ValueError(
+                f"noise_multiplier={noise_multiplier} needs a random key: pass "
+                "key=jax.random.key(...)"
+            )
+    dtype = x.dtype
+    return _clipped_grad(params, x, y, jnp.asarray(clip_norm, dtype),
+                         jnp.asarray(noise_multiplier, dtype), key,
+                         activations=acts, loss=loss)
