@@ -53,10 +53,12 @@ def backprop_from_arrays(params, x, y, l2, activations, loss, weights=None) -> B
     (w_i = 0) and averaging over a true count smaller than m use it.
     """
     m = x.shape[0]
+    zs, As = forward_trace(params, x, activations)
     if weights is None:
         weights = jnp.full((m,), 1 / m, dtype=x.dtype)
-    zs, As = forward_trace(params, x, activations)
-    J = jnp.sum(weights * loss.value(As[-1], y)) + l2_penalty(params, l2)
+        J = jnp.mean(loss.value(As[-1], y)) + l2_penalty(params, l2)
+    else:
+        J = jnp.sum(weights * loss.value(As[-1], y)) + l2_penalty(params, l2)
 
     L = len(params)
     grads, deltas = [None] * L, [None] * L

@@ -80,8 +80,16 @@ def assert_tree_close(ours, ref, rtol, prefix="") -> dict[str, float]:
     return errs
 
 
+_calls = [0]
+
+
 def reference_backprop(params, batch, *, activations, loss, l2=0.0) -> Backprop:
     """Loss, grads, deltas and input gradient, all by jax.grad of the objective."""
+    # Thousands of drawn shapes (the thorough profile) mean thousands of
+    # compiled programs; dropping them now and then keeps the process small.
+    _calls[0] += 1
+    if _calls[0] % 200 == 0:
+        jax.clear_caches()
     acts, loss_obj, x, y = _validate.prepare(params, batch, activations, loss)
     return _reference(params, x, y, l2, activations=acts, loss=loss_obj)
 
