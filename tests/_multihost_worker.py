@@ -5,7 +5,8 @@ Usage: python _multihost_worker.py COORDINATOR_PORT PROCESS_ID NUM_PROCESSES OUT
 Every process builds the same float64 problem from the same seed, keeps only
 its own share of the rows (process p gets block p of m_local rows), builds the
 global batch from the shares, and computes the data-parallel loss and
-gradient and a few plain gradient-descent steps. It also gathers the global
+gradient and a few plain gradient-descent steps; and the gradient of a
+small batch that every process holds in full. It also gathers the global
 batch back, so the parent can check that each process fed its own rows.
 Results go to OUT.npz; the parent compares them with one process on one device.
 """
@@ -70,6 +71,12 @@ def main():
         "x_gathered": multihost_utils.process_allgather(x, tiled=True),
     }
     result.update({f"grad_{l}_{k}": local(g[k]) for l, g in enumerate(grads) for k in g})
+
+    # A batch every process holds in full (m = 5, not a multiple of 4 devices).
+    J, grads = fbp.data_parallel_value_and_grad(params, (x_all[:5], y_all[:5]), mesh=mesh,
+                                                **KW)
+    result["J_held"] = local(J)
+    result.update({f"held_{l}_{k}": local(g[k]) for l, g in enumerate(grads) for k in g})
 
     for _ in range(STEPS):  # plain gradient descent, every step data-parallel
         _, g = fbp.data_parallel_value_and_grad(params, (x, y), mesh=mesh, **KW)

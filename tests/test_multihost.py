@@ -4,7 +4,8 @@ tests/_multihost_worker.py is launched twice with ``jax.distributed``
 (coordinator on a free local port, CPU collectives through gloo); each process
 feeds only its own rows. Both must return the loss, the gradient and the
 parameters after a few gradient-descent steps of one process on one device,
-computed here with the plain-JAX reference (jax.grad of the objective).
+computed here with the plain-JAX reference (jax.grad of the objective), and
+the same for a 5-row batch that every process holds in full.
 """
 
 import os
@@ -77,9 +78,11 @@ def single_process_reference():
     J_of = jax.jit(jax.value_and_grad(
         lambda p: objective_from_arrays(p, x, y, KW["l2"], acts, loss)))
     J, grads = J_of(params)
+    held = jax.value_and_grad(
+        lambda p: objective_from_arrays(p, x[:5], y[:5], KW["l2"], acts, loss))(params)
     for _ in range(STEPS):
         params = jax.tree.map(lambda p, d: p - LR * d, params, J_of(params)[1])
-    return x, J, grads, params
+    return x, J, grads, params, held
 
 
 def as_params(result, prefix):
@@ -90,7 +93,7 @@ def as_params(result, prefix):
 def test_two_processes_equal_one(tmp_path):
     results = run_processes(tmp_path)
     with jax.enable_x64(True):
-        x, J, grads, trained = single_process_reference()
+        x, J, grads, trained, (J_held, grads_held) = single_process_reference()
         for i, r in enumerate(results):
             assert r["problem"].tolist() == PROBLEM, "worker and test disagree"
             # Each process fed its own block of rows; together they are the batch.
@@ -99,3 +102,6 @@ def test_two_processes_equal_one(tmp_path):
             assert_tree_close(as_params(r, "grad"), grads, 1e-10, f"process {i}: grads")
             assert_tree_close(as_params(r, "trained"), trained, 1e-10,
                               f"process {i}: trained")
+            assert_tree_close(r["J_held"], J_held, 1e-10, f"process {i}: held loss")
+            assert_tree_close(as_params(r, "held"), grads_held, 1e-10,
+                              f"process {i}: held grads")
