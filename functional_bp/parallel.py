@@ -139,10 +139,11 @@ def value_and_grad_from_arrays(params, x, y, l2, activations, loss, mesh,
 
 @dataclass(frozen=True)
 class DataParallelStep:
-    """A trainer step's gradient, ``(params, x, y, w, l2, activations, loss) ->
-    (J_B, G)``, with the minibatch's rows split over ``mesh``'s data axis.
+    """One training step's gradient with the minibatch split over ``mesh``.
 
-    Hashable and equal by mesh, so it can be a static argument of a jitted
+    Called as ``step(params, x, y, w, l2, activations, loss) -> (J_B, G)``,
+    the signature of the trainer's per-step gradient, with w (B,) the
+    minibatch weights (1/r on r real rows, 0 on padded ones). Hashable and equal by mesh, so it can be a static argument of a jitted
     epoch (see :func:`functional_bp.train.fit`).
     """
 
@@ -210,8 +211,10 @@ def shard_rows(local_rows, mesh=None):
 
     In a multi-process run every process calls this with its own block of
     rows (all processes the same number of rows); the result is one global
-    array whose rows are the processes' blocks in process order. In a single
-    process it just places the rows on the mesh.
+    array whose rows are the processes' blocks, placed in the mesh's device
+    order (process order for :func:`data_mesh`, where process p's block is
+    rows p m_local to (p + 1) m_local). In a single process it just places the
+    rows on the mesh.
 
     Args:
       local_rows: this process's rows, shape (m_local, ...); m_local times the
