@@ -6,7 +6,8 @@ Every process builds the same float64 problem from the same seed, keeps only
 its own share of the rows (process p gets block p of m_local rows), builds the
 global batch from the shares, and computes the data-parallel loss and
 gradient and a few plain gradient-descent steps; and the gradient of a
-small batch that every process holds in full. It also gathers the global
+small batch that every process holds in full, and two epochs of the trainer
+(``fit(..., mesh=...)``) on data every process holds in full. It also gathers the global
 batch back, so the parent can check that each process fed its own rows.
 Results go to OUT.npz; the parent compares them with one process on one device.
 """
@@ -39,6 +40,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 import functional_bp as fbp  # noqa: E402
 from functional_bp import parallel  # noqa: E402
+from functional_bp.train import fit, init_state, sgd  # noqa: E402
 
 # The problem, shared with the parent (tests/test_multihost.py: PROBLEM).
 SIZES, M_LOCAL, SEED, STEPS, LR = [5, 7, 3], 6, 0, 3, 0.5
@@ -77,6 +79,12 @@ def main():
                                                 **KW)
     result["J_held"] = local(J)
     result.update({f"held_{l}_{k}": local(g[k]) for l, g in enumerate(grads) for k in g})
+
+    # The trainer's fused epochs across both processes (each holds all rows).
+    opt = sgd(LR)
+    state, _ = fit(init_state(params, optimizer=opt, key=jax.random.key(SEED + 1)),
+                   (x_all, y_all), optimizer=opt, epochs=2, batch_size=5, mesh=mesh, **KW)
+    result.update({f"fit_{l}_{k}": local(p[k]) for l, p in enumerate(state.params) for k in p})
 
     for _ in range(STEPS):  # plain gradient descent, every step data-parallel
         _, g = fbp.data_parallel_value_and_grad(params, (x, y), mesh=mesh, **KW)

@@ -5,7 +5,8 @@ tests/_multihost_worker.py is launched twice with ``jax.distributed``
 feeds only its own rows. Both must return the loss, the gradient and the
 parameters after a few gradient-descent steps of one process on one device,
 computed here with the plain-JAX reference (jax.grad of the objective), and
-the same for a 5-row batch that every process holds in full.
+the same for a 5-row batch that every process holds in full; and two epochs
+of ``fit(..., mesh=...)`` across both processes equal ``fit()`` on one device.
 """
 
 import os
@@ -22,6 +23,7 @@ import functional_bp as fbp
 from helpers import assert_tree_close
 from functional_bp import _validate
 from functional_bp.mlp import objective_from_arrays
+from functional_bp.train import fit, init_state, sgd
 
 WORKER = Path(__file__).parent / "_multihost_worker.py"
 NUM_PROCESSES = 2
@@ -72,17 +74,22 @@ def single_process_reference():
     m = M_LOCAL * NUM_PROCESSES
     kp, kx, ky = jax.random.split(jax.random.key(SEED), 3)
     params = fbp.init_mlp(kp, SIZES, dtype=jnp.float64)
-    x = jax.random.normal(kx, (m, SIZES[0]), dtype=jnp.float64)
-    y = jax.random.randint(ky, (m,), 0, SIZES[-1])
-    acts, loss, x, y = _validate.prepare(params, (x, y), KW["activations"], KW["loss"])
+    x_all = jax.random.normal(kx, (m, SIZES[0]), dtype=jnp.float64)
+    y_all = jax.random.randint(ky, (m,), 0, SIZES[-1])
+    acts, loss, x, y = _validate.prepare(params, (x_all, y_all), KW["activations"],
+                                         KW["loss"])
     J_of = jax.jit(jax.value_and_grad(
         lambda p: objective_from_arrays(p, x, y, KW["l2"], acts, loss)))
     J, grads = J_of(params)
     held = jax.value_and_grad(
         lambda p: objective_from_arrays(p, x[:5], y[:5], KW["l2"], acts, loss))(params)
+    opt = sgd(LR)
+    fitted, _ = fit(init_state(params, optimizer=opt, key=jax.random.key(SEED + 1)),
+                    (x_all, y_all), optimizer=opt, epochs=2, batch_size=5, **KW)
+    assert float(jnp.max(jnp.abs(fitted.params[0]["W"] - params[0]["W"]))) > 1e-3
     for _ in range(STEPS):
         params = jax.tree.map(lambda p, d: p - LR * d, params, J_of(params)[1])
-    return x, J, grads, params, held
+    return x, J, grads, params, held, fitted.params
 
 
 def as_params(result, prefix):
@@ -93,7 +100,7 @@ def as_params(result, prefix):
 def test_two_processes_equal_one(tmp_path):
     results = run_processes(tmp_path)
     with jax.enable_x64(True):
-        x, J, grads, trained, (J_held, grads_held) = single_process_reference()
+        x, J, grads, trained, (J_held, grads_held), fitted = single_process_reference()
         for i, r in enumerate(results):
             assert r["problem"].tolist() == PROBLEM, "worker and test disagree"
             # Each process fed its own block of rows; together they are the batch.
@@ -105,3 +112,5 @@ def test_two_processes_equal_one(tmp_path):
             assert_tree_close(r["J_held"], J_held, 1e-10, f"process {i}: held loss")
             assert_tree_close(as_params(r, "held"), grads_held, 1e-10,
                               f"process {i}: held grads")
+            # fit(mesh=...) over both processes equals fit() on one device.
+            assert_tree_close(as_params(r, "fit"), fitted, 1e-10, f"process {i}: fit")
