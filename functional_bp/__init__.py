@@ -4,6 +4,7 @@ from .activations import ACTIVATIONS, Activation
 from .backprop import Backprop, backprop, grad, value_and_grad
 from .checking import GradientReport, check_gradients
 from .checkpoint import load_params, save_params
+from .custom_vjp import custom_vjp_objective
 from .losses import LOSSES, Loss
 from .mlp import forward, init_mlp, objective
 from .per_example import clipped_grad, per_example_grad_norms, per_example_grads
@@ -23,6 +24,7 @@ __all__ = [
     "backprop",
     "check_gradients",
     "clipped_grad",
+    "custom_vjp_objective",
     "data_parallel_value_and_grad",
     "fit",
     "forward",
