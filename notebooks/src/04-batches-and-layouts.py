@@ -288,6 +288,28 @@ for l in range(L_layers):
           f"dJ/dW {dW_col[l].shape} vs {dW[l].shape}")
 
 # %% [markdown]
+# The library has the column layout too, in `functional_bp.columns`, written
+# in these column equations (not by transposing the row code).
+# `columns.to_columns` converts row-layout params exactly (a transpose and a
+# reshape) and `columns.to_rows` converts back. Its deltas, gradients and
+# input gradient match the column matrices above.
+
+# %%
+from functional_bp import columns
+
+rc = columns.backprop(columns.to_columns(params), (X.T, Y.T), activations=names, loss="mse")
+for l in range(L_layers):
+    assert rel_err(rc.deltas[l], Gc[l]) < RTOL
+    assert rel_err(rc.grads[l]["W"], dW_col[l]) < RTOL
+    assert rel_err(rc.grads[l]["b"], db_col[l]) < RTOL
+assert rel_err(rc.input_grad, dX.T) < RTOL
+back_to_rows = columns.to_rows(rc.grads)
+assert all(rel_err(back_to_rows[l][k], r.grads[l][k]) < RTOL
+           for l in range(L_layers) for k in ("W", "b"))
+print("functional_bp.columns.backprop agrees with the column matrices, "
+      "and to_rows of its gradients with fbp.backprop")
+
+# %% [markdown]
 # ## Side by side
 #
 # | | row layout (the library's) | column layout (the textbooks') |
