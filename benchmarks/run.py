@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=50, help="training epochs (default 50)")
     p.add_argument("--training-reps", type=int, default=3,
                    help="timed training runs per implementation (default 3)")
+    p.add_argument("--dp-blocks", type=int, default=5,
+                   help="alternating blocks of the DP-SGD section (default 5; the vmap "
+                        "route takes seconds per call)")
     p.add_argument("--no-numpy", action="store_true", help="leave the NumPy baseline out")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     p.add_argument("--torch-threads", type=int, default=None,
