@@ -99,6 +99,16 @@ def machine() -> list[tuple[str, str]]:
     ]
 
 
+def default_label() -> str:
+    """"CPU (model, N cores)" or e.g. "GPU (NVIDIA H100 80GB HBM3)": a run's name."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return f"CPU ({_cpu_model()}, {cores} cores)"
+    return f"{jax.default_backend().upper()} ({jax.devices()[0].device_kind})"
+
+
 def versions() -> list[tuple[str, str]]:
     out = [("python", platform.python_version())]
     for name in ("functional_bp", "jax", "jaxlib", "numpy", "torch", "sklearn", "optax"):

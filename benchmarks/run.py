@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         [os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "benchmarks/run.py"]
         + (sys.argv[1:] if argv is None else list(argv))
     )
-    label = args.label or f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
+    label = args.label or report.default_label()
     started = time.perf_counter()
     context = sections.Context(args=args, log=log)
     header_machine = report.machine()
