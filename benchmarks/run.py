@@ -97,8 +97,6 @@ def main(argv=None) -> int:
 
     if args.matmul_precision:
         jax.config.update("jax_default_matmul_precision", args.matmul_precision)
-    if args.torch_threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
 
     import report
     import sections
