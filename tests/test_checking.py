@@ -15,6 +15,11 @@ from strategies import cases, make_case
 from helpers import rtol_for
 
 
+def _profile_share(divisor):
+    """A share of the profile's max_examples: these properties compile per draw."""
+    return max(3, settings.default.max_examples // divisor)
+
+
 def _fns(case):
     kw = case.kwargs()
     return partial(fbp.grad, **kw), partial(fbp.objective, **kw)
@@ -33,13 +38,13 @@ def _check_case(case):
     return report
 
 
-@settings(max_examples=10)  # each drawn shape compiles two programs
+@settings(max_examples=_profile_share(6))  # each drawn shape compiles two programs
 @given(cases())
 def test_library_gradient_passes_float32(case):
     _check_case(case)
 
 
-@settings(max_examples=8)
+@settings(max_examples=_profile_share(10))
 @given(cases(dtype=jnp.float64))
 def test_library_gradient_passes_float64(case):
     with jax.enable_x64(True):

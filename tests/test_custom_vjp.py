@@ -12,6 +12,11 @@ from helpers import assert_tree_close, reference_backprop, rtol_for
 from strategies import cases, make_case
 
 
+def _profile_share(divisor):
+    """A share of the profile's max_examples: these properties compile per draw."""
+    return max(3, settings.default.max_examples // divisor)
+
+
 def check_case(case):
     f = fbp.custom_vjp_objective(**case.kwargs())
     ref = reference_backprop(case.params, case.batch, **case.kwargs())
@@ -23,13 +28,13 @@ def check_case(case):
     assert_tree_close(g_x, ref.input_grad, rtol, "input_grad")
 
 
-@settings(max_examples=15)  # each drawn shape compiles two programs
+@settings(max_examples=_profile_share(5))  # each drawn shape compiles two programs
 @given(cases())
 def test_grad_equals_autodiff_float32(case):
     check_case(case)
 
 
-@settings(max_examples=10)
+@settings(max_examples=_profile_share(8))
 @given(cases(dtype=jnp.float64))
 def test_grad_equals_autodiff_float64(case):
     with jax.enable_x64(True):
