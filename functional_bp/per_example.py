@@ -44,6 +44,15 @@ def _deltas_and_inputs(params, x, y, activations, loss):
     return deltas, As[:-1]
 
 
+def _norms(As, deltas):
+    """||g_i|| = sqrt(sum_l (||a_i^{l-1}||^2 + 1) ||delta_i^l||^2), shape (m,)."""
+    sq = sum(
+        (jnp.sum(a * a, axis=1) + 1) * jnp.sum(delta * delta, axis=1)
+        for a, delta in zip(As, deltas)
+    )
+    return jnp.sqrt(sq)
+
+
 def per_example_grads_from_arrays(params, x, y, activations, loss):
     """Per-example gradients for validated arrays: leaves (m, *leaf shape)."""
     deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
@@ -56,11 +65,7 @@ def per_example_grads_from_arrays(params, x, y, activations, loss):
 def per_example_grad_norms_from_arrays(params, x, y, activations, loss):
     """||g_i|| for validated arrays, shape (m,), without forming any g_i."""
     deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
-    sq = sum(
-        (jnp.sum(a * a, axis=1) + 1) * jnp.sum(delta * delta, axis=1)
-        for a, delta in zip(As, deltas)
-    )
-    return jnp.sqrt(sq)
+    return _norms(As, deltas)
 
 
 def clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
@@ -68,11 +73,7 @@ def clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
     """The DP-SGD gradient for validated arrays (``key`` None: no noise)."""
     m = x.shape[0]
     deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
-    sq = sum(
-        (jnp.sum(a * a, axis=1) + 1) * jnp.sum(delta * delta, axis=1)
-        for a, delta in zip(As, deltas)
-    )
-    norms = jnp.sqrt(sq)
+    norms = _norms(As, deltas)
     c = clip_norm / jnp.maximum(norms, clip_norm)  # min(1, C/||g_i||), 1 when g_i = 0
     w = (c / m)[:, None]
     grads = [
