@@ -30,7 +30,7 @@ objective whose autodiff is itself wrong (a custom rule somewhere inside it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,6 @@ there is no 0/0, in any branch.
 
 from __future__ import annotations
 
-from functools import partial
 from numbers import Real
 
 import jax
