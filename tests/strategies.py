@@ -28,7 +28,7 @@ TARGET_KINDS = {
 }
 
 
-@dataclass
+@dataclass(repr=False)
 class Case:
     params: Any
     x: jax.Array
@@ -53,12 +53,15 @@ class Case:
             kw["l2"] = self.l2
         return kw
 
-    def __repr__(self):  # short, so failing examples are readable
-        return (
-            f"Case(sizes={self.sizes}, m={self.x.shape[0]}, activations={self.activations}, "
-            f"loss={self.loss!r}, l2={self.l2}, dtype={jnp.dtype(self.dtype).name}, "
-            f"target_kind={self.target_kind!r})"
-        )
+    recipe: str = ""
+
+    def __repr__(self):
+        # The make_case(...) call that rebuilds this case: paste it into an
+        # @example to keep a counterexample.
+        return self.recipe or object.__repr__(self)
+
+    def _repr_pretty_(self, p, cycle):  # how hypothesis prints a falsifying example
+        p.text(repr(self))
 
 
 def make_targets(rng, kind, m, n, dtype):
@@ -108,7 +111,13 @@ def make_case(sizes, m, activations, loss, *, l2=0.0, dtype=jnp.float32, seed=0,
         params = jax.tree.map(lambda t: jnp.asarray(t, dtype=dtype), params)
         x = jnp.asarray(x, dtype=dtype)
         y = make_targets(rng, target_kind, m, sizes[-1], dtype)
-    return Case(params, x, y, tuple(activations), loss, float(l2), dtype, target_kind)
+    recipe = (
+        f"make_case({list(sizes)}, {m}, {list(activations)}, {loss!r}, l2={l2}, "
+        f"dtype=jnp.{jnp.dtype(dtype).name}, seed={seed}, x_scale={x_scale}, "
+        f"target_kind={target_kind!r}, scheme={scheme!r})"
+    )
+    return Case(params, x, y, tuple(activations), loss, float(l2), dtype, target_kind,
+                recipe)
 
 
 @st.composite
