@@ -45,8 +45,28 @@ def output_delta(a_L, z_L, y, act_L, loss, weights):
     return (weights[:, None] * loss.grad(a_L, y)) * act_L.dg(z_L)
 
 
+def backward(params, zs, As, y, l2, activations, loss, weights):
+    """The delta recursion on a saved forward pass: ``(grads, deltas, dJ/dX)``.
+
+    ``zs = [Z^1..Z^L]`` and ``As = [A^0..A^L]`` as from
+    :func:`~functional_bp.mlp.forward_trace`; ``weights`` (m,) are the w_i of
+    J = sum_i w_i L_i (1/m for the mean).
+    """
+    L = len(params)
+    grads, deltas = [None] * L, [None] * L
+    delta = output_delta(As[-1], zs[-1], y, activations[-1], loss, weights)  # G^L
+    for l in reversed(range(L)):  # l indexes layer l+1 of the equations
+        W, a_prev = params[l]["W"], As[l]
+        deltas[l] = delta
+        grads[l] = {"W": a_prev.T @ delta + l2 * W, "b": jnp.sum(delta, axis=0)}
+        back = delta @ W.T  # G^{l+1} W^{l+1,T}: dJ/dA^l
+        if l > 0:
+            delta = back * activations[l - 1].dg(zs[l - 1])
+    return grads, deltas, back
+
+
 def backprop_from_arrays(params, x, y, l2, activations, loss, weights=None) -> Backprop:
-    """The delta recursion on validated arrays (x (m, n_0), y (m, n_L)).
+    """The forward pass and the delta recursion on validated arrays (x (m, n_0), y (m, n_L)).
 
     ``weights`` (m,), when given, replaces the 1/m of the mean:
     J = sum_i w_i L(a_i, y_i) + (l2/2) sum ||W||^2. Masking padded rows
@@ -59,18 +79,8 @@ def backprop_from_arrays(params, x, y, l2, activations, loss, weights=None) -> B
         J = jnp.mean(loss.value(As[-1], y)) + l2_penalty(params, l2)
     else:
         J = jnp.sum(weights * loss.value(As[-1], y)) + l2_penalty(params, l2)
-
-    L = len(params)
-    grads, deltas = [None] * L, [None] * L
-    delta = output_delta(As[-1], zs[-1], y, activations[-1], loss, weights)  # G^L
-    for l in reversed(range(L)):  # l indexes layer l+1 of the equations
-        W, a_prev = params[l]["W"], As[l]
-        deltas[l] = delta
-        grads[l] = {"W": a_prev.T @ delta + l2 * W, "b": jnp.sum(delta, axis=0)}
-        back = delta @ W.T  # G^{l+1} W^{l+1,T}: dJ/dA^l
-        if l > 0:
-            delta = back * activations[l - 1].dg(zs[l - 1])
-    return Backprop(loss=J, grads=grads, deltas=deltas, input_grad=back)
+    grads, deltas, input_grad = backward(params, zs, As, y, l2, activations, loss, weights)
+    return Backprop(loss=J, grads=grads, deltas=deltas, input_grad=input_grad)
 
 
 @partial(jax.jit, static_argnames=("activations", "loss"))

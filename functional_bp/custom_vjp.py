@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from . import _validate
 from .activations import get_activation
-from .backprop import output_delta
+from .backprop import backward
 from .losses import get_loss
 from .mlp import forward_trace, l2_penalty
 
@@ -42,15 +42,8 @@ def backward_from_trace(params, zs, As, y, l2, activations, loss):
     """
     m = As[0].shape[0]
     weights = jnp.full((m,), 1 / m, dtype=As[0].dtype)
-    grads = [None] * len(params)
-    delta = output_delta(As[-1], zs[-1], y, activations[-1], loss, weights)  # G^L
-    for l in reversed(range(len(params))):
-        W, a_prev = params[l]["W"], As[l]
-        grads[l] = {"W": a_prev.T @ delta + l2 * W, "b": jnp.sum(delta, axis=0)}
-        back = delta @ W.T
-        if l > 0:
-            delta = back * activations[l - 1].dg(zs[l - 1])
-    return grads, back
+    grads, _, input_grad = backward(params, zs, As, y, l2, activations, loss, weights)
+    return grads, input_grad
 
 
 def make_custom_vjp_objective(backward: Callable, *, activations: Sequence, loss,
