@@ -113,7 +113,7 @@ def check_x(x, n_0: int, *, dtype):
             f"x has {shape[1]} features but layer 1 expects n_0={n_0}: x must have "
             f"shape (m, {n_0}); got {shape}"
         )
-    return jnp.asarray(x, dtype=dtype)
+    return _as_dtype(x, dtype)
 
 
 def check_y(y, m: int, n_L: int, loss: Loss, *, dtype):
@@ -141,7 +141,14 @@ def check_y(y, m: int, n_L: int, loss: Loss, *, dtype):
             f"y has width {shape[1]} but the network outputs n_L={n_L}: expected "
             f"y of shape ({m}, {n_L})"
         )
-    return jnp.asarray(y, dtype=dtype)
+    return _as_dtype(y, dtype)
+
+
+def _as_dtype(v, dtype):
+    """v as a JAX array of ``dtype``; a no-op (no dispatch) when it already is one."""
+    if isinstance(v, jax.Array) and v.dtype == dtype:
+        return v
+    return jnp.asarray(v, dtype=dtype)
 
 
 def check_batch(batch):
