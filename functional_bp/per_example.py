@@ -31,15 +31,16 @@ import jax
 import jax.numpy as jnp
 
 from . import _validate
-from .backprop import backprop_from_arrays
+from .backprop import backward
 from .mlp import forward_trace
 
 
 def _deltas_and_inputs(params, x, y, activations, loss):
     """([delta^1..delta^L], [A^0..A^{L-1}]): each example's own G^l (weight 1)."""
     ones = jnp.ones((x.shape[0],), dtype=x.dtype)
-    deltas = backprop_from_arrays(params, x, y, 0.0, activations, loss, weights=ones).deltas
-    _, As = forward_trace(params, x, activations)  # XLA shares it with the above
+    zs, As = forward_trace(params, x, activations)
+    # Only the deltas are used: XLA drops the weight gradients computed beside them.
+    _, deltas, _ = backward(params, zs, As, y, 0.0, activations, loss, ones)
     return deltas, As[:-1]
 
 
