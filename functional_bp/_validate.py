@@ -158,7 +158,9 @@ def check_batch(batch):
 
 
 def params_dtype(params):
-    return jnp.result_type(params[0]["W"])
+    """The dtype of W^1 (read directly: ``jnp.result_type`` costs ~30 µs a call)."""
+    W = params[0]["W"]
+    return W.dtype if hasattr(W, "dtype") else jnp.result_type(W)
 
 
 def prepare(params, batch, activations, loss):
