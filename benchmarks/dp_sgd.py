@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
-import time
 from functools import partial
 
 import jax
@@ -125,21 +123,8 @@ def compare_settled(impls, *, warmup, blocks, reps, min_sample_s, seed, settle_s
     process on the 2-core CPU, the ten or so calls of ours right after one
     vmap call took about 43 ms each against 27 ms before it.)
     """
-    for fn in impls.values():
-        for _ in range(warmup):
-            fn()
-    timings = {name: timing.Timing(name, timing.calibrate(fn, min_sample_s))
-               for name, fn in impls.items()}
-    order = list(impls)
-    rng = random.Random(seed)
-    for _ in range(blocks):
-        rng.shuffle(order)
-        for name in order:
-            fn, t = impls[name], timings[name]
-            time.sleep(settle_s)
-            fn()
-            t.blocks.append([timing.sample(fn, t.number) for _ in range(reps)])
-    return timings
+    return timing.compare(impls, warmup=warmup, blocks=blocks, reps=reps,
+                          min_sample_s=min_sample_s, seed=seed, settle_s=settle_s)
 
 
 def _ready(fn):

@@ -85,6 +85,7 @@ def compare(
     reps: int = 3,
     min_sample_s: float = 0.02,
     seed: int = 0,
+    settle_s: float | None = None,
 ) -> dict[str, Timing]:
     """Time every implementation in randomised alternating blocks.
 
@@ -97,6 +98,9 @@ def compare(
       reps: samples per implementation per block.
       min_sample_s: the shortest duration of one sample (see :func:`calibrate`).
       seed: seed of the block orders.
+      settle_s: when given, each time the order switches to an
+        implementation, wait this long and make one untimed call before its
+        samples (for implementations whose clean-up lands on the next call).
 
     Returns:
       name -> :class:`Timing`.
@@ -120,6 +124,9 @@ def compare(
         rng.shuffle(order)
         for name in order:
             fn, t = impls[name], timings[name]
+            if settle_s is not None:
+                time.sleep(settle_s)
+                fn()
             t.blocks.append([sample(fn, t.number) for _ in range(reps)])
     return timings
 
