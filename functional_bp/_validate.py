@@ -4,11 +4,17 @@ They look at shapes, dtypes, names and structure only (never at values), so
 they cost no device synchronisation and work on tracers under ``jax.jit`` and
 ``jax.vmap``. Each error names the layer and the expected and actual shape, or
 lists the valid names.
+
+:func:`jit_with_checks` runs them while tracing: ``jax.jit`` caches a trace on
+the shapes, dtypes and static configuration of its arguments, so the checks
+run once per new combination and a repeated call costs one jit dispatch, the
+same as ``jax.jit(jax.value_and_grad(objective))``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial, wraps
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -173,3 +179,59 @@ def prepare(params, batch, activations, loss):
     x = check_x(x, sizes[0], dtype=dtype)
     y = check_y(y, x.shape[0], sizes[-1], loss, dtype=dtype)
     return acts, loss, x, y
+
+
+def static_config(activations, loss=None):
+    """``(activations, loss)`` as jit static arguments: a list becomes a tuple.
+
+    Anything still unhashable is resolved here, so the error a user sees is
+    ours (which entry, which names are valid), not jit's "non-hashable static
+    argument".
+    """
+    if isinstance(activations, list):
+        activations = tuple(activations)
+    try:
+        hash(activations)
+    except TypeError:
+        n = len(activations) if isinstance(activations, Sequence) else 0
+        activations = check_activations(activations, n)
+    try:
+        hash(loss)
+    except TypeError:
+        loss = get_loss(loss)
+    return activations, loss
+
+
+def as_array_batch(batch):
+    """The pair (x, y) with anything that is not an array (nested lists) made a NumPy array.
+
+    jit would otherwise flatten a nested list into one scalar argument per entry.
+    """
+    x, y = check_batch(batch)
+    return (x if hasattr(x, "shape") else np.asarray(x),
+            y if hasattr(y, "shape") else np.asarray(y))
+
+
+def jit_with_checks(from_arrays: Callable) -> Callable:
+    """``from_arrays(params, x, y, *args, activations, loss)`` as a public, jitted
+    ``f(params, batch, *args, activations, loss)`` whose checks run while tracing.
+
+    The checks (:func:`prepare`) depend only on what jit caches a trace on:
+    the structure, shapes and dtypes of ``params`` and ``batch`` and the static
+    ``activations`` and ``loss``. Running them inside the trace checks every new
+    combination once and costs nothing on the calls that reuse a trace. Errors
+    are raised at the call as before (tracing happens inside it).
+    """
+
+    @partial(jax.jit, static_argnames=("activations", "loss"))
+    def traced(params, batch, *args, activations, loss):
+        acts, loss, x, y = prepare(params, batch, activations, loss)
+        return from_arrays(params, x, y, *args, activations=acts, loss=loss)
+
+    @wraps(from_arrays)
+    def call(params, batch, *args, activations, loss):
+        activations, loss = static_config(activations, loss)
+        return traced(params, as_array_batch(batch), *args, activations=activations,
+                      loss=loss)
+
+    return call

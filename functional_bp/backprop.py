@@ -14,7 +14,6 @@ that is what per-example gradients and clipping are built on.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -83,15 +82,14 @@ def backprop_from_arrays(params, x, y, l2, activations, loss, weights=None) -> B
     return Backprop(loss=J, grads=grads, deltas=deltas, input_grad=input_grad)
 
 
-@partial(jax.jit, static_argnames=("activations", "loss"))
-def _backprop(params, x, y, l2, *, activations, loss):
-    return backprop_from_arrays(params, x, y, l2, activations, loss)
-
-
-@partial(jax.jit, static_argnames=("activations", "loss"))
-def _value_and_grad(params, x, y, l2, *, activations, loss):
+def _loss_and_grads(params, x, y, l2, activations, loss):
     r = backprop_from_arrays(params, x, y, l2, activations, loss)
     return r.loss, r.grads
+
+
+# Jitted, with the input checks run while tracing (once per shapes/dtypes/config).
+_backprop = _validate.jit_with_checks(backprop_from_arrays)
+_value_and_grad = _validate.jit_with_checks(_loss_and_grads)
 
 
 def backprop(params, batch, *, activations, loss, l2=0.0) -> Backprop:
@@ -119,8 +117,7 @@ def backprop(params, batch, *, activations, loss, l2=0.0) -> Backprop:
         >>> [d.shape for d in r.deltas], r.input_grad.shape
         ([(5, 4), (5, 2)], (5, 3))
     """
-    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
-    return _backprop(params, x, y, l2, activations=acts, loss=loss)
+    return _backprop(params, batch, l2, activations=activations, loss=loss)
 
 
 def value_and_grad(params, batch, *, activations, loss, l2=0.0):
@@ -138,8 +135,7 @@ def value_and_grad(params, batch, *, activations, loss, l2=0.0):
         >>> grads[0]["W"].shape
         (3, 4)
     """
-    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
-    return _value_and_grad(params, x, y, l2, activations=acts, loss=loss)
+    return _value_and_grad(params, batch, l2, activations=activations, loss=loss)
 
 
 def grad(params, batch, *, activations, loss, l2=0.0):

@@ -80,12 +80,15 @@ def make_custom_vjp_objective(backward: Callable, *, activations: Sequence, loss
                 jnp.zeros_like(y))
 
     J.defvjp(J_fwd, J_bwd)
-    J_jit = jax.jit(J)
+
+    @jax.jit
+    def J_checked(params, batch):  # the checks run while tracing
+        _, _, x, y = _validate.prepare(params, batch, acts, loss_obj)
+        return J(params, x, y)
 
     def objective(params, batch):
         """J(params, batch), equal to functional_bp.objective; jax.grad runs our rule."""
-        _, _, x, y = _validate.prepare(params, batch, acts, loss_obj)
-        return J_jit(params, x, y)
+        return J_checked(params, _validate.as_array_batch(batch))
 
     return objective
 

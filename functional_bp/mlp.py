@@ -18,6 +18,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _validate
 from .activations import Activation
@@ -110,12 +111,14 @@ def objective_from_arrays(params, x, y, l2, activations, loss: Loss, z_offsets=N
 
 @partial(jax.jit, static_argnames=("activations",))
 def _forward(params, x, *, activations):
-    return forward_trace(params, x, activations)[1][-1]
+    # The checks run while tracing: once per new shapes, dtypes and activations.
+    sizes = _validate.check_params(params)
+    acts = _validate.check_activations(activations, len(params))
+    x = _validate.check_x(x, sizes[0], dtype=_validate.params_dtype(params))
+    return forward_trace(params, x, acts)[1][-1]
 
 
-@partial(jax.jit, static_argnames=("activations", "loss"))
-def _objective(params, x, y, l2, *, activations, loss):
-    return objective_from_arrays(params, x, y, l2, activations, loss)
+_objective = _validate.jit_with_checks(objective_from_arrays)
 
 
 def forward(params, x, *, activations):
@@ -128,10 +131,9 @@ def forward(params, x, *, activations):
         >>> fbp.forward(params, jax.numpy.ones((5, 4)), activations=["relu", "identity"]).shape
         (5, 3)
     """
-    sizes = _validate.check_params(params)
-    acts = _validate.check_activations(activations, len(params))
-    x = _validate.check_x(x, sizes[0], dtype=_validate.params_dtype(params))
-    return _forward(params, x, activations=acts)
+    activations, _ = _validate.static_config(activations)
+    return _forward(params, x if hasattr(x, "shape") else np.asarray(x),
+                    activations=activations)
 
 
 def objective(params, batch, *, activations, loss, l2=0.0):
@@ -157,5 +159,4 @@ def objective(params, batch, *, activations, loss, l2=0.0):
         >>> J.shape
         ()
     """
-    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
-    return _objective(params, x, y, l2, activations=acts, loss=loss)
+    return _objective(params, batch, l2, activations=activations, loss=loss)

@@ -89,11 +89,16 @@ def clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
     return treedef.unflatten(noisy)
 
 
-_per_example_grads = jax.jit(per_example_grads_from_arrays,
-                             static_argnames=("activations", "loss"))
-_per_example_grad_norms = jax.jit(per_example_grad_norms_from_arrays,
-                                  static_argnames=("activations", "loss"))
-_clipped_grad = jax.jit(clipped_grad_from_arrays, static_argnames=("activations", "loss"))
+def _clipped_grad_traced(params, x, y, clip_norm, noise_multiplier, key, activations, loss):
+    clip_norm, noise_multiplier = (jnp.asarray(v, x.dtype) for v in (clip_norm, noise_multiplier))
+    return clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
+                                    activations, loss)
+
+
+# Jitted, with the input checks run while tracing (once per shapes/dtypes/config).
+_per_example_grads = _validate.jit_with_checks(per_example_grads_from_arrays)
+_per_example_grad_norms = _validate.jit_with_checks(per_example_grad_norms_from_arrays)
+_clipped_grad = _validate.jit_with_checks(_clipped_grad_traced)
 
 
 def per_example_grads(params, batch, *, activations, loss):
@@ -122,8 +127,7 @@ def per_example_grads(params, batch, *, activations, loss):
         >>> g[0]["W"].shape, g[1]["b"].shape
         ((5, 3, 4), (5, 2))
     """
-    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
-    return _per_example_grads(params, x, y, activations=acts, loss=loss)
+    return _per_example_grads(params, batch, activations=activations, loss=loss)
 
 
 def per_example_grad_norms(params, batch, *, activations, loss):
@@ -141,8 +145,7 @@ def per_example_grad_norms(params, batch, *, activations, loss):
         ...                            activations=["relu", "identity"], loss="mse").shape
         (5,)
     """
-    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
-    return _per_example_grad_norms(params, x, y, activations=acts, loss=loss)
+    return _per_example_grad_norms(params, batch, activations=activations, loss=loss)
 
 
 def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplier=0.0,
@@ -181,7 +184,6 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
         >>> g[0]["W"].shape
         (3, 4)
     """
-    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
     if isinstance(clip_norm, Real) and not clip_norm > 0:
         raise ValueError(f"clip_norm must be > 0; got {clip_norm}")
     if isinstance(noise_multiplier, Real):
@@ -192,7 +194,5 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
                 f"noise_multiplier={noise_multiplier} needs a random key: pass "
                 "key=jax.random.key(...)"
             )
-    dtype = x.dtype
-    return _clipped_grad(params, x, y, jnp.asarray(clip_norm, dtype),
-                         jnp.asarray(noise_multiplier, dtype), key,
-                         activations=acts, loss=loss)
+    return _clipped_grad(params, batch, clip_norm, noise_multiplier, key,
+                         activations=activations, loss=loss)

@@ -1,4 +1,4 @@
-"""Bad input gets a clear ValueError/TypeError before anything is traced.
+"""Bad input gets a clear ValueError/TypeError at the call, before anything is computed.
 
 Every message names the problem and the fix: the layer, the expected and the
 actual shape, or the valid names. Each check is exercised through every core
