@@ -186,6 +186,18 @@ def _metrics(params, sets, *, activations, loss):
     return {part: _metrics_of(params, *data, activations, loss) for part, data in sets.items()}
 
 
+@partial(jax.jit, static_argnames=("activations", "loss", "optimizer", "batch_size",
+                                   "step_grads"))
+def _fit_epoch(params, opt_state, base_key, epoch, x, y, l2, sets, *, activations, loss,
+               optimizer, batch_size, step_grads=_step_grads):
+    """One epoch and the metrics after it, in one compiled program (one dispatch)."""
+    params, opt_state, _ = _train_epoch(params, opt_state, base_key, epoch, x, y, l2,
+                                        activations=activations, loss=loss,
+                                        optimizer=optimizer, batch_size=batch_size,
+                                        step_grads=step_grads)
+    return params, opt_state, _metrics(params, sets, activations=activations, loss=loss)
+
+
 # --- validation ----------------------------------------------------------------
 def _prepare(params, data, activations, loss):
     """Validate once; return (acts, Loss, x, targets, labels or None)."""
@@ -243,12 +255,11 @@ def evaluate(params, data, *, activations, loss) -> dict:
     return {k: float(v) for k, v in out["data"].items()}
 
 
-def _record(epoch, params, sets, activations, loss):
-    """One history entry: every metric of every part, as Python floats."""
-    out = jax.device_get(_metrics(params, sets, activations=activations, loss=loss))
+def _record(epoch, metrics):
+    """One history entry from {part: {name: value}}: every metric as a Python float."""
     record = {"epoch": int(epoch)}
-    for part, metrics in out.items():
-        record.update({f"{part}_{k}": float(v) for k, v in metrics.items()})
+    for part, values in jax.device_get(metrics).items():
+        record.update({f"{part}_{k}": float(v) for k, v in values.items()})
     return record
 
 
@@ -289,22 +300,32 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
     sets = {"train": (x, y, labels)}
     if test is not None:
         sets["test"] = _prepare(state.params, test, acts, loss)[2:]
-    history = []
+    history, pending = [], []  # pending: (epoch, metrics still on the device)
 
-    def record():
-        history.append(_record(state.epoch, state.params, sets, acts, loss))
+    def record(epoch, metrics):
+        # Without a callback nothing waits for the device: the next epoch is
+        # queued while this one runs, and the metrics are read at the end.
+        pending.append((epoch, metrics))
         if callback is not None:
-            callback(history[-1])
+            flush()
+
+    def flush():
+        for epoch, metrics in pending:
+            history.append(_record(epoch, metrics))
+            if callback is not None:
+                callback(history[-1])
+        pending.clear()
 
     if state.epoch == 0:
-        record()
+        record(0, _metrics(state.params, sets, activations=acts, loss=loss))
     for _ in range(epochs):
-        params, opt_state, _ = _train_epoch(
-            state.params, state.opt_state, state.key, state.epoch, x, y, l2,
+        params, opt_state, metrics = _fit_epoch(
+            state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
             activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
             step_grads=step_grads)
         state = TrainState(params, opt_state, state.key, state.epoch + 1)
-        record()
+        record(state.epoch, metrics)
+    flush()
     return state, history
 
 
