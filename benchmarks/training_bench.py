@@ -232,11 +232,13 @@ def render(res, *, target) -> tuple[str, list]:
             "included), so the step is bound by the fixed cost of launching each kernel on this "
             "runtime, not by arithmetic."
         )
-    ours, auto = rows.get("fused epochs only"), rows.get("fused epochs only, jax.value_and_grad step")
+    ours = rows.get("fused epochs only")
+    auto = rows.get("fused epochs only, jax.value_and_grad step")
     if ours and auto:
         text = (f"\nThe same compiled epochs with each step's gradient from `jax.value_and_grad` "
                 f"take {fmt_time(auto['steady'] / steps)} per step against ours "
-                f"{fmt_time(ours['steady'] / steps)} (ratio {ours['steady'] / auto['steady']:.2f}): "
+                f"{fmt_time(ours['steady'] / steps)} "
+                f"(ratio {ours['steady'] / auto['steady']:.2f}): "
                 "the loop costs what the runtime charges for its kernels, whichever way the "
                 "gradient is derived.")
         if "sklearn" in rows:

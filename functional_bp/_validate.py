@@ -13,7 +13,7 @@ same as ``jax.jit(jax.value_and_grad(objective))``.
 
 from __future__ import annotations
 
-from functools import partial, wraps
+from functools import partial
 from typing import Callable, Sequence
 
 import jax
@@ -202,25 +202,29 @@ def static_config(activations, loss=None):
     return activations, loss
 
 
-def as_array_batch(batch):
-    """The pair (x, y) with anything that is not an array (nested lists) made a NumPy array.
+def static_args(batch, activations, loss):
+    """``(batch, activations, loss)`` ready for a :func:`jit_with_checks` function.
 
-    jit would otherwise flatten a nested list into one scalar argument per entry.
+    The config becomes hashable (:func:`static_config`) and x, y that are not
+    arrays (nested lists) become NumPy arrays: jit would otherwise flatten a
+    nested list into one scalar argument per entry.
     """
     x, y = check_batch(batch)
-    return (x if hasattr(x, "shape") else np.asarray(x),
-            y if hasattr(y, "shape") else np.asarray(y))
+    activations, loss = static_config(activations, loss)
+    return ((x if hasattr(x, "shape") else np.asarray(x),
+             y if hasattr(y, "shape") else np.asarray(y)), activations, loss)
 
 
 def jit_with_checks(from_arrays: Callable) -> Callable:
-    """``from_arrays(params, x, y, *args, activations, loss)`` as a public, jitted
+    """``from_arrays(params, x, y, *args, activations, loss)`` as a jitted
     ``f(params, batch, *args, activations, loss)`` whose checks run while tracing.
 
     The checks (:func:`prepare`) depend only on what jit caches a trace on:
     the structure, shapes and dtypes of ``params`` and ``batch`` and the static
     ``activations`` and ``loss``. Running them inside the trace checks every new
-    combination once and costs nothing on the calls that reuse a trace. Errors
-    are raised at the call as before (tracing happens inside it).
+    combination once and costs nothing on the calls that reuse a trace; errors
+    are still raised at the call (tracing happens inside it). Pass the
+    arguments through :func:`static_args` first.
     """
 
     @partial(jax.jit, static_argnames=("activations", "loss"))
@@ -228,10 +232,4 @@ def jit_with_checks(from_arrays: Callable) -> Callable:
         acts, loss, x, y = prepare(params, batch, activations, loss)
         return from_arrays(params, x, y, *args, activations=acts, loss=loss)
 
-    @wraps(from_arrays)
-    def call(params, batch, *args, activations, loss):
-        activations, loss = static_config(activations, loss)
-        return traced(params, as_array_batch(batch), *args, activations=activations,
-                      loss=loss)
-
-    return call
+    return traced

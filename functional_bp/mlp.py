@@ -159,4 +159,5 @@ def objective(params, batch, *, activations, loss, l2=0.0):
         >>> J.shape
         ()
     """
+    batch, activations, loss = _validate.static_args(batch, activations, loss)
     return _objective(params, batch, l2, activations=activations, loss=loss)
