@@ -182,7 +182,7 @@ def prepare(params, batch, activations, loss):
 
 
 def static_config(activations, loss=None):
-    """``(activations, loss)`` as jit static arguments: a list becomes a tuple.
+    """``(activations, loss)`` made hashable (compiled-in configuration): a list becomes a tuple.
 
     Anything still unhashable is resolved here, so the error a user sees is
     ours (which entry, which names are valid), not jit's "non-hashable static
@@ -202,34 +202,55 @@ def static_config(activations, loss=None):
     return activations, loss
 
 
-def static_args(batch, activations, loss):
-    """``(batch, activations, loss)`` ready for a :func:`jit_with_checks` function.
+def array_batch(batch):
+    """The pair (x, y), with an x or y that is not an array (nested lists) as a NumPy array.
 
-    The config becomes hashable (:func:`static_config`) and x, y that are not
-    arrays (nested lists) become NumPy arrays: jit would otherwise flatten a
-    nested list into one scalar argument per entry.
+    jit would otherwise flatten a nested list into one scalar argument per entry.
     """
     x, y = check_batch(batch)
-    activations, loss = static_config(activations, loss)
-    return ((x if hasattr(x, "shape") else np.asarray(x),
-             y if hasattr(y, "shape") else np.asarray(y)), activations, loss)
+    return (x if hasattr(x, "shape") else np.asarray(x),
+            y if hasattr(y, "shape") else np.asarray(y))
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float) and v == v  # a NaN would never find its trace again
 
 
 def jit_with_checks(from_arrays: Callable) -> Callable:
-    """``from_arrays(params, x, y, *args, activations, loss)`` as a jitted
-    ``f(params, batch, *args, activations, loss)`` whose checks run while tracing.
+    """``from_arrays(params, x, y, *args, activations, loss)`` as a public entry
+    ``f(params, batch, args, activations, loss)``: jitted, checks run while tracing.
 
-    The checks (:func:`prepare`) depend only on what jit caches a trace on:
-    the structure, shapes and dtypes of ``params`` and ``batch`` and the static
-    ``activations`` and ``loss``. Running them inside the trace checks every new
-    combination once and costs nothing on the calls that reuse a trace; errors
-    are still raised at the call (tracing happens inside it). Pass the
-    arguments through :func:`static_args` first.
+    - The checks (:func:`prepare`) depend only on what jit caches a trace on:
+      the structure, shapes and dtypes of ``params`` and ``batch`` and the
+      static configuration. Running them inside the trace checks every new
+      combination once and costs nothing on the calls that reuse a trace;
+      errors are still raised at the call (tracing happens inside it).
+    - The configuration (``activations``, ``loss``, and the Python numbers
+      among ``args`` such as ``l2`` or ``clip_norm``) is compiled in: one
+      ``jax.jit`` of a ``partial`` per configuration, kept in a dict, called
+      with arrays only. That is how ``jax.jit(jax.value_and_grad(partial(
+      objective, ...)))`` is called, so a repeated call costs the same
+      dispatch. A new number compiles anew; arrays (and tracers, under a
+      user's jit or vmap) stay dynamic.
+    - The batch goes through :func:`array_batch`.
     """
 
-    @partial(jax.jit, static_argnames=("activations", "loss"))
-    def traced(params, batch, *args, activations, loss):
+    def traced(params, batch, *args, activations, loss, numbers):
         acts, loss, x, y = prepare(params, batch, activations, loss)
+        args = tuple(a if n is None else n for a, n in zip(args, numbers))
         return from_arrays(params, x, y, *args, activations=acts, loss=loss)
 
-    return traced
+    compiled = {}
+
+    def call(params, batch, args, activations, loss):
+        batch = array_batch(batch)
+        activations, loss = static_config(activations, loss)
+        numbers = tuple(a if _is_number(a) else None for a in args)
+        key = (activations, loss, numbers)
+        f = compiled.get(key)
+        if f is None:
+            f = compiled[key] = jax.jit(partial(traced, activations=activations, loss=loss,
+                                                numbers=numbers))
+        return f(params, batch, *(None if n is not None else a for a, n in zip(args, numbers)))
+
+    return call

@@ -117,8 +117,7 @@ def backprop(params, batch, *, activations, loss, l2=0.0) -> Backprop:
         >>> [d.shape for d in r.deltas], r.input_grad.shape
         ([(5, 4), (5, 2)], (5, 3))
     """
-    batch, activations, loss = _validate.static_args(batch, activations, loss)
-    return _backprop(params, batch, l2, activations=activations, loss=loss)
+    return _backprop(params, batch, (l2,), activations, loss)
 
 
 def value_and_grad(params, batch, *, activations, loss, l2=0.0):
@@ -136,8 +135,7 @@ def value_and_grad(params, batch, *, activations, loss, l2=0.0):
         >>> grads[0]["W"].shape
         (3, 4)
     """
-    batch, activations, loss = _validate.static_args(batch, activations, loss)
-    return _value_and_grad(params, batch, l2, activations=activations, loss=loss)
+    return _value_and_grad(params, batch, (l2,), activations, loss)
 
 
 def grad(params, batch, *, activations, loss, l2=0.0):

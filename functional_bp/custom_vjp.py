@@ -88,7 +88,7 @@ def make_custom_vjp_objective(backward: Callable, *, activations: Sequence, loss
 
     def objective(params, batch):
         """J(params, batch), equal to functional_bp.objective; jax.grad runs our rule."""
-        return J_checked(params, _validate.static_args(batch, acts, loss_obj)[0])
+        return J_checked(params, _validate.array_batch(batch))
 
     return objective
 

@@ -159,5 +159,4 @@ def objective(params, batch, *, activations, loss, l2=0.0):
         >>> J.shape
         ()
     """
-    batch, activations, loss = _validate.static_args(batch, activations, loss)
-    return _objective(params, batch, l2, activations=activations, loss=loss)
+    return _objective(params, batch, (l2,), activations, loss)

@@ -127,8 +127,7 @@ def per_example_grads(params, batch, *, activations, loss):
         >>> g[0]["W"].shape, g[1]["b"].shape
         ((5, 3, 4), (5, 2))
     """
-    batch, activations, loss = _validate.static_args(batch, activations, loss)
-    return _per_example_grads(params, batch, activations=activations, loss=loss)
+    return _per_example_grads(params, batch, (), activations, loss)
 
 
 def per_example_grad_norms(params, batch, *, activations, loss):
@@ -146,8 +145,7 @@ def per_example_grad_norms(params, batch, *, activations, loss):
         ...                            activations=["relu", "identity"], loss="mse").shape
         (5,)
     """
-    batch, activations, loss = _validate.static_args(batch, activations, loss)
-    return _per_example_grad_norms(params, batch, activations=activations, loss=loss)
+    return _per_example_grad_norms(params, batch, (), activations, loss)
 
 
 def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplier=0.0,
@@ -196,6 +194,4 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
                 f"noise_multiplier={noise_multiplier} needs a random key: pass "
                 "key=jax.random.key(...)"
             )
-    batch, activations, loss = _validate.static_args(batch, activations, loss)
-    return _clipped_grad(params, batch, clip_norm, noise_multiplier, key,
-                         activations=activations, loss=loss)
+    return _clipped_grad(params, batch, (clip_norm, noise_multiplier, key), activations, loss)
