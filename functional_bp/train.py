@@ -279,7 +279,10 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
       epochs: how many epochs to run now.
       batch_size: rows per minibatch B (B > m means one batch of all rows).
       l2: weight decay on the W's.
-      callback: optional ``f(record)`` called with each history entry.
+      callback: optional ``f(record)`` called with each history entry, right
+        after its epoch. Without one, each epoch and its metrics run as one
+        compiled program queued behind the last, and the metrics are read
+        from the device once, at the end.
       mesh: optional :class:`jax.sharding.Mesh` with a ``"data"`` axis: each
         step's minibatch is split over it and its gradient computed by
         :func:`functional_bp.data_parallel_value_and_grad`'s array-level core
