@@ -202,14 +202,18 @@ def static_config(activations, loss=None):
     return activations, loss
 
 
-def array_batch(batch):
-    """The pair (x, y), with an x or y that is not an array (nested lists) as a NumPy array.
+def as_array(v):
+    """v as is when it is an array, else (nested lists) a NumPy array.
 
     jit would otherwise flatten a nested list into one scalar argument per entry.
     """
+    return v if hasattr(v, "shape") else np.asarray(v)
+
+
+def array_batch(batch):
+    """The pair (x, y), each through :func:`as_array`."""
     x, y = check_batch(batch)
-    return (x if hasattr(x, "shape") else np.asarray(x),
-            y if hasattr(y, "shape") else np.asarray(y))
+    return as_array(x), as_array(y)
 
 
 def _is_number(v) -> bool:

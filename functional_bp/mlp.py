@@ -18,7 +18,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _validate
 from .activations import Activation
@@ -132,8 +131,7 @@ def forward(params, x, *, activations):
         (5, 3)
     """
     activations, _ = _validate.static_config(activations)
-    return _forward(params, x if hasattr(x, "shape") else np.asarray(x),
-                    activations=activations)
+    return _forward(params, _validate.as_array(x), activations=activations)
 
 
 def objective(params, batch, *, activations, loss, l2=0.0):

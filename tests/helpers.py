@@ -117,12 +117,29 @@ def backprop_errors(ours: Backprop, ref: Backprop) -> dict[str, float]:
     return errs
 
 
+def _to_float64(tree):
+    """Floating leaves as float64 (call inside ``jax.enable_x64``); labels as they are."""
+    up = lambda t: jnp.asarray(t, jnp.float64) if jnp.issubdtype(t.dtype, jnp.floating) else t
+    return jax.tree.map(up, tree)
+
+
 def reference_in_float64(params, batch, **kwargs) -> Backprop:
     """The jax.grad reference of a float32 problem, computed in float64: the truth."""
     with jax.enable_x64(True):
-        up = lambda t: jnp.asarray(t, jnp.float64) if jnp.issubdtype(t.dtype, jnp.floating) else t
-        return reference_backprop(jax.tree.map(up, params), jax.tree.map(up, tuple(batch)),
-                                  **kwargs)
+        return reference_backprop(_to_float64(params), _to_float64(tuple(batch)), **kwargs)
+
+
+def float64_truth(params, batch, **kwargs):
+    """The ``truth`` argument of :func:`assert_backprop_close` for this problem.
+
+    A callable, so the float64 reference and the summand scales are computed
+    only for a case that needs them.
+    """
+    def truth():
+        t = reference_in_float64(params, batch, **kwargs)
+        return t, summand_scales(params, batch, t, **kwargs)
+
+    return truth
 
 
 def summand_scales(params, batch, truth: Backprop, *, activations, loss, l2=0.0) -> Backprop:
@@ -135,9 +152,8 @@ def summand_scales(params, batch, truth: Backprop, *, activations, loss, l2=0.0)
     against which float32 rounding is measured when terms cancel.
     """
     with jax.enable_x64(True):
-        up = lambda t: jnp.asarray(t, jnp.float64) if jnp.issubdtype(t.dtype, jnp.floating) else t
-        params = jax.tree.map(up, params)
-        acts, _, x, _ = _validate.prepare(params, jax.tree.map(up, tuple(batch)), activations, loss)
+        params = _to_float64(params)
+        acts, _, x, _ = _validate.prepare(params, _to_float64(tuple(batch)), activations, loss)
         zs, As = forward_trace(params, x, acts)
         S = jnp.abs(truth.deltas[-1])
         grads, deltas = [None] * len(params), [None] * len(params)
