@@ -25,10 +25,9 @@ there is no 0/0, in any branch.
 
 from __future__ import annotations
 
-from numbers import Real
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _validate
 from .backprop import backward
@@ -53,6 +52,20 @@ def _norms(As, deltas):
     return jnp.sqrt(sq)
 
 
+def clip_factors(norms, clip_norm):
+    """c_i = min(1, C / ||g_i||), shape (m,), with a guard that cannot give NaN or flip a sign.
+
+    - C = inf: c_i = 1 exactly (no clipping);
+    - ||g_i|| = 0: c_i = 1 (no 0/0);
+    - C <= 0 or NaN (only possible when C is traced, since known values are
+      rejected at the call): treated as C = 0, so c_i = 0 for every example
+      with a non-zero gradient: the step is zero, never NaN and never uphill.
+    """
+    C = jnp.where(clip_norm > 0, clip_norm, 0)
+    # norms <= C covers C = inf and norms = C = 0; the division is only taken when norms > C >= 0.
+    return jnp.where(norms <= C, 1, C / jnp.where(norms <= C, 1, norms)).astype(norms.dtype)
+
+
 def per_example_grads_from_arrays(params, x, y, activations, loss):
     """Per-example gradients for validated arrays: leaves (m, *leaf shape)."""
     deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
@@ -74,7 +87,7 @@ def clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
     m = x.shape[0]
     deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
     norms = _norms(As, deltas)
-    c = clip_norm / jnp.maximum(norms, clip_norm)  # min(1, C/||g_i||), 1 when g_i = 0
+    c = clip_factors(norms, clip_norm)
     w = (c / m)[:, None]
     grads = [
         {"W": a.T @ (w * delta), "b": jnp.sum(w * delta, axis=0)}
@@ -84,7 +97,7 @@ def clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
         return grads
     leaves, treedef = jax.tree_util.tree_flatten(grads)
     keys = jax.random.split(key, len(leaves))
-    std = noise_multiplier * clip_norm / m
+    std = noise_multiplier * jnp.where(clip_norm > 0, clip_norm, 0) / m
     noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
     return treedef.unflatten(noisy)
 
@@ -148,6 +161,53 @@ def per_example_grad_norms(params, batch, *, activations, loss):
     return _per_example_grad_norms(params, batch, (), activations, loss)
 
 
+def _known_value(v, name):
+    """The value of a Python number or concrete array as a float; None when traced."""
+    if isinstance(v, jax.core.Tracer):
+        return None
+    value = np.asarray(v)
+    if value.shape != () or not (np.issubdtype(value.dtype, np.floating)
+                                 or np.issubdtype(value.dtype, np.integer)) \
+            or isinstance(v, bool) or value.dtype == bool:
+        raise TypeError(f"{name} must be a real scalar; got {v!r}")
+    return float(value)
+
+
+def check_privacy_args(clip_norm, noise_multiplier, key):
+    """Reject every DP-SGD configuration that would silently weaken the guarantee.
+
+    Values that are known at the call (Python numbers, NumPy or concrete JAX
+    arrays) are checked: ``clip_norm`` > 0 (``inf`` means no clipping),
+    ``noise_multiplier`` >= 0 and finite, and not both ``clip_norm=inf`` and
+    noise (infinite noise). A missing ``key`` is an error whenever the noise
+    can be non-zero, i.e. unless ``noise_multiplier`` is known to be 0: an
+    array or traced ``noise_multiplier`` always needs a key. A traced
+    ``clip_norm`` cannot be checked; :func:`clip_factors` then treats a value
+    <= 0 or NaN as 0 (a zero step, never NaN and never uphill).
+    """
+    C = _known_value(clip_norm, "clip_norm")
+    sigma = _known_value(noise_multiplier, "noise_multiplier")
+    if C is not None and not C > 0:
+        raise ValueError(
+            f"clip_norm must be > 0 (inf for no clipping); got {C}: pass the largest "
+            "per-example gradient norm to keep, e.g. clip_norm=1.0"
+        )
+    if sigma is not None and not (sigma >= 0 and np.isfinite(sigma)):
+        raise ValueError(f"noise_multiplier must be finite and >= 0; got {sigma}")
+    if C == np.inf and sigma is not None and sigma > 0:
+        raise ValueError(
+            "clip_norm=inf (no clipping) with noise_multiplier > 0 asks for infinite "
+            "noise: the noise scale is noise_multiplier * clip_norm; pass a finite clip_norm"
+        )
+    if key is None and sigma != 0:
+        shown = "an array or traced value" if sigma is None else sigma
+        raise ValueError(
+            f"noise_multiplier ({shown}) may be non-zero, and key is None: the DP noise "
+            "needs a random key; pass key=jax.random.key(...) (or noise_multiplier=0.0 "
+            "for clipping without noise)"
+        )
+
+
 def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplier=0.0,
                  key=None):
     """The DP-SGD gradient, as one weighted backward pass.
@@ -160,9 +220,12 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
 
     Args:
       params, batch, activations, loss: as in :func:`per_example_grads`.
-      clip_norm: C > 0.
-      noise_multiplier: the noise standard deviation in units of C; when it
-        is not zero, ``key`` is required.
+      clip_norm: C > 0; ``inf`` means no clipping (exactly). Under a user's
+        ``jax.jit`` a traced C cannot be checked: a traced C <= 0 or NaN gives
+        a zero step (see :func:`clip_factors`), never NaN or an uphill step.
+      noise_multiplier: the noise standard deviation in units of C. ``key``
+        is required unless it is known to be 0 (a Python number or concrete
+        array equal to 0): an array or traced value always needs a key.
       key: a ``jax.random`` key for the Gaussian noise (one independent
         normal per parameter). With ``key=None`` no noise is added.
 
@@ -170,8 +233,9 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
       Params-shaped gradients.
 
     Raises:
-      ValueError: ``clip_norm`` <= 0 or ``noise_multiplier`` < 0 (checked when
-        they are Python numbers), or noise requested without a key.
+      ValueError: ``clip_norm`` <= 0 or NaN, ``noise_multiplier`` < 0 or not
+        finite (checked where the values are known), infinite noise, or noise
+        that may be non-zero without a key.
 
     Example::
 
@@ -184,14 +248,5 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
         >>> g[0]["W"].shape
         (3, 4)
     """
-    if isinstance(clip_norm, Real) and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be > 0; got {clip_norm}")
-    if isinstance(noise_multiplier, Real):
-        if not noise_multiplier >= 0:
-            raise ValueError(f"noise_multiplier must be >= 0; got {noise_multiplier}")
-        if noise_multiplier != 0 and key is None:
-            raise ValueError(
-                f"noise_multiplier={noise_multiplier} needs a random key: pass "
-                "key=jax.random.key(...)"
-            )
+    check_privacy_args(clip_norm, noise_multiplier, key)
     return _clipped_grad(params, batch, (clip_norm, noise_multiplier, key), activations, loss)

@@ -155,7 +155,7 @@ def test_bad_inputs():
         fbp.clipped_grad(case.params, case.batch, clip_norm=0.0, **kw)
     with pytest.raises(ValueError, match="needs a random key"):
         fbp.clipped_grad(case.params, case.batch, clip_norm=1.0, noise_multiplier=1.0, **kw)
-    with pytest.raises(ValueError, match="noise_multiplier must be >= 0"):
+    with pytest.raises(ValueError, match="noise_multiplier must be finite and >= 0"):
         fbp.clipped_grad(case.params, case.batch, clip_norm=1.0, noise_multiplier=-1.0,
                          key=jax.random.key(0), **kw)
     bad = [case.params[0], {"W": case.params[1]["W"], "b": jnp.zeros((3,))}]
@@ -165,3 +165,62 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="unknown activation"):
         fbp.per_example_grad_norms(case.params, case.batch, activations=["relu", "nope"],
                                    loss="mse")
+
+
+# Issue "Nothing silent": a missing key must be an error whenever the noise can be
+# non-zero, in every form the noise multiplier can take.
+@pytest.mark.parametrize("form", ["python", "array", "numpy", "traced"])
+def test_noise_without_key_is_an_error_in_every_form(form):
+    case = make_case([3, 4, 2], 5, ["relu", "identity"], "mse")
+    kw = dict(case.kwargs(with_l2=False), clip_norm=1.0)
+    sigma = {"python": 1.0, "array": jnp.asarray(1.0), "numpy": np.float32(1.0),
+             "traced": None}[form]
+    with pytest.raises(ValueError, match="needs a random key"):
+        if form == "traced":
+            jax.jit(lambda s: fbp.clipped_grad(case.params, case.batch, noise_multiplier=s,
+                                               **kw))(1.0)
+        else:
+            fbp.clipped_grad(case.params, case.batch, noise_multiplier=sigma, **kw)
+    # A zero known at the call needs no key and adds nothing.
+    for zero in (0.0, 0, jnp.asarray(0.0), np.float64(0.0)):
+        got = fbp.clipped_grad(case.params, case.batch, noise_multiplier=zero, **kw)
+        assert_tree_close(got, fbp.clipped_grad(case.params, case.batch, **kw), 0.0)
+
+
+@pytest.mark.parametrize("form", ["python", "array", "traced"])
+def test_clip_norm_inf_is_no_clipping_exactly(form):
+    case = make_case([4, 6, 3], 8, ["tanh", "identity"], "softmax_cross_entropy", seed=3)
+    kw = case.kwargs(with_l2=False)
+    clip = {"python": float("inf"), "array": jnp.asarray(jnp.inf)}.get(form)
+    if form == "traced":
+        got = jax.jit(lambda C: fbp.clipped_grad(case.params, case.batch, clip_norm=C,
+                                                 **kw))(jnp.inf)
+    else:
+        got = fbp.clipped_grad(case.params, case.batch, clip_norm=clip, **kw)
+    assert_tree_close(got, fbp.grad(case.params, case.batch, **kw), rtol_for(jnp.float32))
+    with pytest.raises(ValueError, match="infinite noise"):
+        fbp.clipped_grad(case.params, case.batch, clip_norm=clip if clip is not None
+                         else jnp.inf, noise_multiplier=1.0, key=jax.random.key(0), **kw)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_known_bad_clip_norm_is_rejected_in_every_form(bad):
+    case = make_case([3, 4, 2], 5, ["relu", "identity"], "mse")
+    kw = case.kwargs(with_l2=False)
+    for C in (bad, jnp.asarray(bad), np.float32(bad)):
+        with pytest.raises(ValueError, match="clip_norm must be > 0"):
+            fbp.clipped_grad(case.params, case.batch, clip_norm=C, **kw)
+    with pytest.raises(TypeError, match="clip_norm must be a real scalar"):
+        fbp.clipped_grad(case.params, case.batch, clip_norm=jnp.ones(2), **kw)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_traced_bad_clip_norm_gives_a_zero_step_never_nan_or_uphill(bad):
+    # Under the user's jit the value cannot be checked: the documented guard
+    # treats it as C = 0, so every example with a non-zero gradient weighs 0.
+    case = make_case([3, 4, 2], 5, ["relu", "identity"], "mse", seed=4)
+    kw = case.kwargs(with_l2=False)
+    got = jax.jit(lambda C: fbp.clipped_grad(case.params, case.batch, clip_norm=C,
+                                             **kw))(bad)
+    for leaf in jax.tree_util.tree_leaves(got):
+        assert bool(jnp.all(leaf == 0)), leaf
