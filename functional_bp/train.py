@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -51,6 +52,7 @@ from .mlp import forward_trace
 from .parallel import DataParallelStep, check_mesh
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine", "exponential", "warmup-cosine")
 
 
 class TrainState(NamedTuple):
@@ -86,25 +88,87 @@ def sgd(learning_rate: float) -> GradientTransformation:
     return GradientTransformation(lambda params: (), update)
 
 
-def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9):
-    """An optimizer by name: ``"sgd"`` (built in), ``"momentum"`` or ``"adam"`` (optax).
-
-    Any optax ``GradientTransformation`` can be passed to :func:`fit` directly;
-    this is the short list the command line offers.
-    """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid names are {list(OPTIMIZERS)}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive; got {learning_rate}")
-    if name == "sgd":
-        return sgd(learning_rate)
+def _optax(what):
     try:
         import optax
     except ImportError:
         raise ImportError(
-            f"optimizer {name!r} needs optax, which is not installed; install the "
-            "training extra: pip install 'functional_bp[train]' (or use 'sgd')"
+            f"{what} needs optax, which is not installed; install the training extra: "
+            "pip install 'functional_bp[train]'"
         ) from None
+    return optax
+
+
+def make_schedule(name: str, learning_rate: float, *, total_steps: int = 0,
+                  warmup_steps: int = 0, decay_rate: float = 0.1,
+                  final_fraction: float = 0.0):
+    """A learning-rate schedule eta(t) by name, t the optimizer step (optax schedules).
+
+    - ``"constant"``: eta(t) = eta (returned as the float itself).
+    - ``"cosine"``: eta(t) = eta (f + (1 - f) (1 + cos(pi t / T)) / 2) for t <= T,
+      then f eta (``optax.cosine_decay_schedule``, alpha = f).
+    - ``"exponential"``: eta(t) = eta r^(t / T) (``optax.exponential_decay``): eta r
+      at the end of the run, and decaying on if the run is resumed past T.
+    - ``"warmup-cosine"``: linear from 0 to eta over the first ``warmup_steps``, then
+      cosine down to f eta at step T (``optax.warmup_cosine_decay_schedule``).
+
+    Args:
+      name: one of :data:`SCHEDULES`.
+      learning_rate: the peak (and starting, but for warm-up) rate eta > 0.
+      total_steps: T, the optimizer steps of the whole run (not needed for constant).
+      warmup_steps: for ``"warmup-cosine"``, 0 <= warmup_steps < T.
+      decay_rate: r in (0, 1] for ``"exponential"``.
+      final_fraction: f in [0, 1] for the cosine schedules.
+
+    Example::
+
+        >>> sched = make_schedule("cosine", 0.1, total_steps=100)
+        >>> [round(float(sched(t)), 6) for t in (0, 50, 100)]
+        [0.1, 0.05, 0.0]
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; valid names are {list(SCHEDULES)}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive; got {learning_rate}")
+    if name == "constant":
+        return learning_rate
+    if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) \
+            or total_steps < 1:
+        raise ValueError(f"schedule {name!r} needs total_steps, the run's optimizer "
+                         f"steps, as a positive integer; got {total_steps!r}")
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}); "
+                         f"got {warmup_steps}")
+    if not 0 < decay_rate <= 1:
+        raise ValueError(f"decay_rate must be in (0, 1]; got {decay_rate}")
+    if not 0 <= final_fraction <= 1:
+        raise ValueError(f"final_fraction must be in [0, 1]; got {final_fraction}")
+    optax = _optax(f"schedule {name!r}")
+    if name == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, total_steps, alpha=final_fraction)
+    if name == "exponential":
+        return optax.exponential_decay(learning_rate, total_steps, decay_rate)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, warmup_steps, total_steps, end_value=final_fraction * learning_rate)
+
+
+def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9):
+    """An optimizer by name: ``"sgd"`` (built in), ``"momentum"`` or ``"adam"`` (optax).
+
+    Any optax ``GradientTransformation`` can be passed to :func:`fit` directly;
+    this is the short list the command line offers. ``learning_rate`` is a
+    positive number or a schedule ``t -> eta(t)`` (see :func:`make_schedule`;
+    with a schedule, ``"sgd"`` is optax's).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid names are {list(OPTIMIZERS)}")
+    if not callable(learning_rate) and not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive; got {learning_rate}")
+    if name == "sgd" and not callable(learning_rate):
+        return sgd(learning_rate)
+    optax = _optax(f"optimizer {name!r}" + (" with a schedule" if name == "sgd" else ""))
+    if name == "sgd":
+        return optax.sgd(learning_rate)
     if name == "momentum":
         return optax.sgd(learning_rate, momentum=momentum)
     return optax.adam(learning_rate)
@@ -264,7 +328,7 @@ def _record(epoch, metrics):
 
 
 def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, epochs,
-        batch_size=32, l2=0.0, callback=None, mesh=None):
+        batch_size=32, l2=0.0, callback=None, mesh=None, val=None):
     """Train for ``epochs`` more epochs from ``state``; evaluate after each one.
 
     Args:
@@ -272,6 +336,8 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
       train: ``(x, y)``: x (m, n_0); y integer labels (m,) for classification
         or targets (m, n_L).
       test: optional held-out ``(x, y)`` of the same kind.
+      val: optional validation ``(x, y)`` of the same kind, evaluated after each
+        epoch as ``val_loss`` (and ``val_accuracy``): what early stopping watches.
       activations: one name or Activation per layer (static).
       loss: a loss name or Loss (static).
       optimizer: anything with optax's ``init``/``update`` (``sgd``,
@@ -280,9 +346,12 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
       batch_size: rows per minibatch B (B > m means one batch of all rows).
       l2: weight decay on the W's.
       callback: optional ``f(record)`` called with each history entry, right
-        after its epoch. Without one, each epoch and its metrics run as one
-        compiled program queued behind the last, and the metrics are read
-        from the device once, at the end.
+        after its epoch; if it has a parameter named ``state`` it is called as
+        ``f(record, state=...)`` with the :class:`TrainState` after that epoch.
+        A true return value stops training after that epoch (see
+        :class:`EarlyStopping`, which also keeps the best state). Without a
+        callback, each epoch and its metrics run as one compiled program queued
+        behind the last, and the metrics are read from the device once, at the end.
       mesh: optional :class:`jax.sharding.Mesh` with a ``"data"`` axis: each
         step's minibatch is split over it and its gradient computed by
         :func:`functional_bp.data_parallel_value_and_grad`'s array-level core
@@ -290,8 +359,9 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
 
     Returns:
       ``(state, history)``: history is a list of dicts with ``epoch``,
-      ``train_loss``, ``test_loss`` and, for labels, ``train_accuracy`` and
-      ``test_accuracy`` (losses are the mean L, without the l2 term). A
+      ``train_loss``, ``test_loss`` (``val_loss``) and, for labels,
+      ``train_accuracy`` and ``test_accuracy`` (``val_accuracy``) (losses are
+      the mean L, without the l2 term). A
       fresh run (``state.epoch == 0``) starts with the untrained network as
       epoch 0.
     """
@@ -303,33 +373,107 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
     sets = {"train": (x, y, labels)}
     if test is not None:
         sets["test"] = _prepare(state.params, test, acts, loss)[2:]
+    if val is not None:
+        sets["val"] = _prepare(state.params, val, acts, loss)[2:]
     history, pending = [], []  # pending: (epoch, metrics still on the device)
+    call = _callback_caller(callback)
 
     def record(epoch, metrics):
         # Without a callback nothing waits for the device: the next epoch is
         # queued while this one runs, and the metrics are read at the end.
         pending.append((epoch, metrics))
         if callback is not None:
-            flush()
+            history.append(_record(*pending.pop()))
+            return call(history[-1], state)
+        return False
 
-    def flush():
-        for epoch, metrics in pending:
-            history.append(_record(epoch, metrics))
-            if callback is not None:
-                callback(history[-1])
-        pending.clear()
-
-    if state.epoch == 0:
-        record(0, _metrics(state.params, sets, activations=acts, loss=loss))
-    for _ in range(epochs):
+    stop = state.epoch == 0 and record(0, _metrics(state.params, sets, activations=acts,
+                                                   loss=loss))
+    for _ in range(epochs if not stop else 0):
         params, opt_state, metrics = _fit_epoch(
             state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
             activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
             step_grads=step_grads)
         state = TrainState(params, opt_state, state.key, state.epoch + 1)
-        record(state.epoch, metrics)
-    flush()
+        if record(state.epoch, metrics):
+            break
+    history.extend(_record(*p) for p in pending)
     return state, history
+
+
+def _callback_caller(callback):
+    """``(record, state) -> bool``: calls ``callback`` with the state if it takes one."""
+    if callback is None:
+        return None
+    try:
+        inspect.signature(callback).bind({}, state=None)
+    except (TypeError, ValueError):  # no ``state`` parameter (or no signature)
+        return lambda record, state: bool(callback(record))
+    return lambda record, state: bool(callback(record, state=state))
+
+
+class EarlyStopping:
+    """A :func:`fit` callback: stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    An epoch improves when its ``record[monitor] < best - min_delta``; after
+    ``patience`` epochs in a row without improvement the callback returns True
+    and ``fit`` stops. Whatever the patience, it keeps the state of the best
+    epoch: after ``fit``, ``best_state`` is that :class:`TrainState` (its
+    ``epoch`` says which), ``best_record`` its history entry. A NaN value never
+    improves.
+
+    Args:
+      patience: epochs without improvement before stopping; None never stops
+        (the best state is still kept).
+      monitor: the history key to minimise [``"val_loss"``: pass ``val=`` to fit].
+      min_delta: the smallest decrease that counts as an improvement.
+
+    Example::
+
+        >>> import jax, functional_bp as fbp
+        >>> from functional_bp.datasets import load_dataset
+        >>> from functional_bp.train import EarlyStopping, fit, init_state, sgd
+        >>> data = load_dataset("xor")
+        >>> opt, stop = sgd(0.5), EarlyStopping(patience=3)
+        >>> state = init_state(fbp.init_mlp(jax.random.key(0), [2, 8, 2]), optimizer=opt,
+        ...                    key=jax.random.key(1))
+        >>> state, history = fit(state, (data.x_train, data.y_train),
+        ...                      val=(data.x_test, data.y_test), activations=["tanh", "identity"],
+        ...                      loss="softmax_cross_entropy", optimizer=opt, epochs=200,
+        ...                      batch_size=16, callback=stop)
+        >>> best = min(history, key=lambda r: r["val_loss"])
+        >>> stop.best_state.epoch == best["epoch"], len(history) - 1 - best["epoch"] <= 3
+        (True, True)
+        >>> state = stop.best_state  # keep the best parameters
+    """
+
+    def __init__(self, patience: int | None = None, *, monitor: str = "val_loss",
+                 min_delta: float = 0.0):
+        if patience is not None and (isinstance(patience, bool) or not isinstance(
+                patience, (int, np.integer)) or patience < 1):
+            raise ValueError(f"patience must be a positive integer or None; got {patience!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0; got {min_delta!r}")
+        self.patience, self.monitor, self.min_delta = patience, monitor, min_delta
+        self.best_state, self.best_record, self.wait = None, None, 0
+
+    @property
+    def best(self) -> float:
+        """The best value of ``monitor`` so far (inf before the first epoch)."""
+        return float("inf") if self.best_record is None else self.best_record[self.monitor]
+
+    def __call__(self, record: dict, state: TrainState) -> bool:
+        if self.monitor not in record:
+            raise ValueError(
+                f"EarlyStopping monitors {self.monitor!r}, which the history does not "
+                f"have (it has {sorted(record)}); pass val=(x, y) to fit for 'val_loss'"
+            )
+        value = record[self.monitor]
+        if value < self.best - self.min_delta:  # False for NaN
+            self.best_state, self.best_record, self.wait = state, dict(record), 0
+        else:
+            self.wait += 1
+        return self.patience is not None and self.wait >= self.patience
 
 
 # --- saving and resuming ------------------------------------------------------------
