@@ -11,7 +11,9 @@ File layout (a plain ``numpy.savez`` archive, readable without this library):
 
 Writes go to a temporary file in the same directory, are flushed and fsynced,
 then renamed over the target with ``os.replace``: a crash leaves either the old
-file or the new one, never half of one.
+file or the new one, never half of one (:func:`write_atomically`, also used for
+the command line's ``metrics.json``). A temporary file left by a killed save is
+removed by the next save of the same file.
 
 Example::
 
@@ -104,13 +106,75 @@ def save_params(path, params, *, activations=None, loss=None, metadata=None,
     for name, value in (extra or {}).items():
         arrays[_EXTRA + name] = np.asarray(value)
 
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _tmp_prefix(path) -> str:
+    """Temporary files for ``path`` are ``.<name>.tmp-<pid>-<random>`` beside it."""
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temporaries(path) -> list[str]:
+    """Remove the temporary files of ``path`` left by a killed save; returns their paths.
+
+    A save that is killed (``kill -9``, power loss) before its rename leaves
+    its ``.<name>.tmp-<pid>-*`` file behind. Those whose process no longer
+    exists are removed; a save running in another live process keeps its file.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix, removed = _tmp_prefix(path), []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def write_atomically(path, write) -> str:
+    """Write a file through ``write(binary_file)`` so that it appears whole or not at all.
+
+    The bytes go to a temporary file in the same folder, which is flushed,
+    fsynced, given the usual mode (umask) and renamed over ``path`` with
+    ``os.replace``. Temporary files of ``path`` left by an earlier killed save
+    are removed first (:func:`clean_stale_temporaries`).
+
+    Example::
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "note.txt")
+        >>> _ = write_atomically(path, lambda f: f.write(b"hello"))
+        >>> open(path).read(), os.listdir(os.path.dirname(path))
+        ('hello', ['note.txt'])
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    clean_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
@@ -120,6 +184,16 @@ def save_params(path, params, *, activations=None, loss=None, metadata=None,
             os.remove(tmp)
         raise
     return path
+
+
+def write_json_atomically(path, obj) -> str:
+    """Write ``obj`` as JSON atomically (:func:`write_atomically`); strict JSON only.
+
+    NaN and infinities are not JSON: they raise ValueError rather than
+    producing a file other readers reject (replace them first, e.g. by None).
+    """
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    return write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _read_all(path) -> dict[str, np.ndarray]:
