@@ -1,0 +1,204 @@
+"""The documentation proves itself: every Python block runs, the site builds strictly.
+
+1. Every ```` ```python ```` block of README.md and docs/*.md is executed, in
+   page order, in one namespace per page (a page reads as one program). The
+   blocks are parsed by sybil; ``console``/``bash`` blocks and plain fences
+   are not Python and are not run. A block that needs something slow or
+   optional is preceded by ``<!-- skip: next "reason" -->`` and reported
+   here as skipped with that reason.
+2. ``mkdocs build --strict`` builds the site into a temporary folder (broken
+   links, missing pages and unresolved API references fail the build), and
+   the built pages are checked as a reader would find them: each page of the
+   navigation exists and holds no error marker, the API pages document every
+   name of ``functional_bp.__all__``, the benchmarks page holds
+   benchmarks/RESULTS.md as generated, and the notebooks show their plots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+# --- 1. the code blocks ---------------------------------------------------
+
+def _blocks():
+    """(path, line) of every Python block, without needing sybil to list them."""
+    out = []
+    for path in PAGES:
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.match(r"^```+\s*python\b", line):
+                out.append((path, i))
+    return out
+
+
+_documents: dict = {}
+
+
+def _document(path):
+    """The sybil document of a page, parsed once, with its evaluation state."""
+    if path not in _documents:
+        sybil = pytest.importorskip("sybil", reason="the docs extra: pip install -e '.[docs]'")
+        from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
+
+        doc = sybil.Sybil(parsers=[PythonCodeBlockParser(), SkipParser()]).parse(path)
+        _documents[path] = {"examples": list(doc), "next": 0, "failed": None}
+    return _documents[path]
+
+
+def _run_through(path, line, cwd):
+    """Evaluate the page's examples in order up to and including the one at ``line``."""
+    state = _document(path)
+    examples = state["examples"]
+    target = next((k for k, e in enumerate(examples) if e.line == line), None)
+    assert target is not None, f"sybil found no Python block at {path.name}:{line}"
+    skipped = None
+    while state["next"] <= target:
+        if state["failed"] is not None:
+            pytest.skip(f"an earlier block of {path.name} failed (line {state['failed']})")
+        example = examples[state["next"]]
+        state["next"] += 1
+        old = os.getcwd()
+        os.chdir(cwd)  # blocks that write files write them here, not into the checkout
+        try:
+            example.evaluate()
+        except unittest.SkipTest as e:
+            if example.line == line:
+                skipped = str(e)
+        except BaseException:
+            state["failed"] = example.line
+            raise
+        finally:
+            os.chdir(old)
+    if skipped is not None:
+        pytest.skip(f"{path.name}:{line}: {skipped}")
+
+
+@pytest.mark.parametrize(
+    "path,line", _blocks(), ids=[f"{p.relative_to(ROOT)}:{n}" for p, n in _blocks()]
+)
+def test_code_block_runs(path, line, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp(path.stem)
+    _run_through(path, line, cwd)
+
+
+def test_every_page_is_scanned():
+    # Guards the block finder itself: the README and the pages hold Python blocks.
+    counted = {p.name for p, _ in _blocks()}
+    assert "README.md" in counted and "beyond-autodiff.md" in counted, counted
+
+
+# --- 2. the site --------------------------------------------------------
+
+ERROR_MARKERS = [
+    "Traceback (most recent call last)",  # an exception printed into a page
+    "--8<--",                              # a snippet include that did not happen
+    "\n::: functional_bp",                 # an API directive left as text
+    "<p>::: ",
+    "autoref identifier",                  # a cross-reference left unresolved
+]
+
+
+def _nav_pages(nav):
+    for entry in nav:
+        if isinstance(entry, str):
+            yield entry
+        elif isinstance(entry, dict):
+            for value in entry.values():
+                yield from _nav_pages(value if isinstance(value, list) else [value])
+
+
+def _html_of(site, page):
+    stem = page[: -len(Path(page).suffix)]
+    return site / ("index.html" if stem == "index" else f"{stem}/index.html")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install -e '.[docs]'")
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def _nav():
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # mkdocs.yml may hold !!python/name tags
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    return yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=Loader)["nav"]
+
+
+def test_every_page_is_built_without_error_markers(site):
+    pages = list(_nav_pages(_nav()))
+    assert len(pages) >= 10, pages
+    for page in pages:
+        html_path = _html_of(site, page)
+        assert html_path.is_file(), f"{page}: no {html_path.relative_to(site)} in the built site"
+        html = html_path.read_text(encoding="utf-8")
+        for marker in ERROR_MARKERS:
+            assert marker not in html, f"{page}: the built page contains {marker!r}"
+
+
+def test_api_pages_document_every_public_name(site):
+    import functional_bp
+
+    ids = set()
+    for page in ["api.md", "api-modules.md", *(p.name for p in (ROOT / "docs").glob("*.md"))]:
+        path = _html_of(site, page)
+        if path.is_file():
+            ids |= set(re.findall(r'id="(functional_bp(?:\.\w+)+)"', path.read_text("utf-8")))
+    documented = {i.rsplit(".", 1)[-1] for i in ids}
+    missing = [name for name in functional_bp.__all__ if name not in documented]
+    assert not missing, f"public names with no entry in the API reference: {missing}"
+
+
+def test_benchmarks_page_includes_results_as_generated(site):
+    html = _html_of(site, "benchmarks.md").read_text(encoding="utf-8")
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^#{2,3} (.+)$", results, flags=re.M)
+    assert headings, "benchmarks/RESULTS.md has no sections"
+    for heading in headings:
+        text = re.sub(r"`([^`]*)`", r"\1", heading)  # inline code is rendered as <code>
+        plain = re.sub(r"<[^>]+>", "", html)
+        assert text.replace("&", "&amp;") in plain or text in plain, heading
+
+
+def test_notebooks_render_with_their_plots(site):
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+    assert notebooks
+    plots = 0
+    for nb in notebooks:
+        html = _html_of(site, f"notebooks/{nb.name}").read_text(encoding="utf-8")
+        assert "jupyter-wrapper" in html, nb.name
+        plots += html.count('src="data:image/png;base64,')
+    assert plots > 0, "no notebook page shows a plot"
+
+
+def test_readme_headline_numbers_are_in_results():
+    # The README's headline numbers are copied from benchmarks/RESULTS.md: each
+    # must still be there, so a rerun of the benchmarks cannot leave them stale.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- headline:begin -->(.*?)<!-- headline:end -->", readme, re.S)
+    assert block, "README.md has no headline block"
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    numbers = re.findall(r"\d+(?:\.\d+)?(?:%|×)?", block.group(1))
+    assert len(numbers) >= 6, numbers
+    stale = [n for n in numbers if n not in results]
+    assert not stale, f"README headline numbers not in benchmarks/RESULTS.md: {stale}"
