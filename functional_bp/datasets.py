@@ -16,15 +16,30 @@ Built-in names (:data:`BUILTIN`):
 | moons | 2 classes | 400 points on two interleaved half circles | 2 |
 | spirals | 2 classes | 400 points on two interleaved spirals | 2 |
 | sine | regression | 400 points of y = sin(x) + noise, x in [-pi, pi] | 1 |
+| mnist1d | 10 classes | 4,000 train + 1,000 test 1-D signals (its official split) | 40 |
 
 ``digits`` is scikit-learn's bundled copy of the UCI handwritten digits (no
 download); scikit-learn is the optional extra ``functional_bp[train]`` and is
-imported only when ``digits`` is asked for. The synthetic sets need only numpy.
+imported only when ``digits`` is asked for. ``mnist1d`` is built locally, no
+download, by the ``mnist1d`` package (extra ``functional_bp[mnist1d]``):
+``make_dataset(get_dataset_args())``, whose first 4,000 examples are the
+official training part and the last 1,000 the test part; that split is kept.
+The synthetic sets need only numpy.
 
-User data: an ``.npz`` file with arrays ``X`` (m, n_0) and ``y`` (m,) or
-(m, n_L), or a ``.csv`` file whose last column is the target (a header row is
-skipped). Integer targets (or, in a CSV, a last column of whole numbers) mean
-classification; pass ``task=`` to choose explicitly.
+User data: an ``.npz`` file with arrays ``X`` (or ``x``) (m, n_0) and ``y``
+(m,) or (m, n_L), optionally ``x_test`` and ``y_test`` for a given test part;
+or a ``.csv`` file whose last column is the target (a header row is skipped;
+a UTF-8 byte-order mark is allowed). A test part can also come from a second
+file (``test=``). Without one, the data are split (stratified for classes).
+
+What the target is (``task="auto"``): a float ``y`` in an ``.npz``, a CSV
+target with fractions, or several target columns mean regression. Integer
+labels (an ``.npz`` integer or bool ``y`` of shape (m,) or (m, 1), or a CSV
+column of whole numbers) mean classification only when there are between 2
+and :data:`MAX_GUESSED_CLASSES` distinct values and each occurs at least
+twice; otherwise the guess is refused with a ValueError asking for
+``task="classification"`` or ``task="regression"`` (``--task`` on the command
+line), since whole numbers could be either.
 
 Example::
 
@@ -37,15 +52,22 @@ Example::
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
+import random
 import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
-BUILTIN = ("digits", "xor", "moons", "spirals", "sine")
+BUILTIN = ("digits", "xor", "moons", "spirals", "sine", "mnist1d")
+FIXED_SPLIT = ("mnist1d",)
+"""Built-in sets that come with their own (official) train/test split."""
 TASKS = ("auto", "classification", "regression")
+MAX_GUESSED_CLASSES = 20
+"""``task="auto"`` guesses classification for at most this many distinct labels."""
+DEFAULT_TEST_FRACTION = 0.2
 
 
 class Dataset(NamedTuple):
@@ -58,6 +80,8 @@ class Dataset(NamedTuple):
         float32 targets (regression).
       x_test, y_test: the same for the held-out part.
       n_classes: K for classification, None for regression.
+      x_val, y_val: a validation part carved out of the training part
+        (``val_fraction=``), or None.
     """
 
     name: str
@@ -66,6 +90,8 @@ class Dataset(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int | None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def task(self) -> str:
@@ -82,9 +108,9 @@ class Dataset(NamedTuple):
 
 
 # --- splits --------------------------------------------------------------
-def _check_fraction(test_fraction):
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
+def _check_fraction(fraction, name="test_fraction"):
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"{name} must be in (0, 1); got {fraction}")
 
 
 def stratified_split(labels, test_fraction=0.2, *, seed=0):
@@ -131,7 +157,43 @@ def split(name, x, y, n_classes, *, test_fraction=0.2, seed=0) -> Dataset:
         tr, te = random_split(x.shape[0], test_fraction, seed=seed)
     else:
         tr, te = stratified_split(y, test_fraction, seed=seed)
+        _check_parts(name, "test", te, y)
     return Dataset(name, x[tr], y[tr], x[te], y[te], n_classes)
+
+
+def _check_parts(name, part, held_out, y):
+    if len(held_out) == 0:
+        raise ValueError(
+            f"{name}: the stratified {part} part is empty: each of the {len(np.unique(y))} "
+            f"classes has a single example among {len(y)} rows, so none can be held out; "
+            "are these really class labels? (else use the regression task)"
+        )
+
+
+def split_validation(data: Dataset, val_fraction: float, *, seed=0) -> Dataset:
+    """Carve a validation part out of the training part (stratified for classes).
+
+    The test part is untouched; ``x_val``, ``y_val`` get ``val_fraction`` of
+    the training rows (of each class), drawn with ``seed``.
+
+    Example::
+
+        >>> d = split_validation(load_dataset("moons", seed=0), 0.25, seed=0)
+        >>> d.x_train.shape, d.x_val.shape, d.x_test.shape
+        ((240, 2), (80, 2), (80, 2))
+    """
+    _check_fraction(val_fraction, "val_fraction")
+    x, y = data.x_train, data.y_train
+    if x.shape[0] < 2:
+        raise ValueError(f"{data.name}: need at least 2 training examples to split off a "
+                         f"validation part; got {x.shape[0]}")
+    seed = (seed, 1)  # a stream of its own, apart from the test split's
+    if data.n_classes is None:
+        tr, va = random_split(x.shape[0], val_fraction, seed=seed)
+    else:
+        tr, va = stratified_split(y, val_fraction, seed=seed)
+        _check_parts(data.name, "validation", va, y)
+    return data._replace(x_train=x[tr], y_train=y[tr], x_val=x[va], y_val=y[va])
 
 
 # --- built-in sets -------------------------------------------------------
@@ -190,6 +252,37 @@ def make_sine(m=400, *, noise=0.05, seed=0):
     return x.astype(np.float32), y.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def load_mnist1d():
+    """MNIST-1D built locally: ``(x, y, x_test, y_test)``, the official 4,000/1,000 split.
+
+    Calls the ``mnist1d`` package's ``make_dataset(get_dataset_args())`` (its
+    default arguments, seed 42; no download) and keeps its split: the first
+    4,000 examples train, the last 1,000 test. x is (m, 40) float32, y int32
+    labels 0..9. ``make_dataset`` seeds numpy's and Python's global random
+    generators; their states are restored afterwards. The arrays are cached
+    and read-only.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise ImportError(
+            "the 'mnist1d' data set is built by the mnist1d package, which is not "
+            "installed; install the extra: pip install 'functional_bp[mnist1d]'"
+        ) from None
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    arrays = (d["x"].astype(np.float32), d["y"].astype(np.int32),
+              d["x_test"].astype(np.float32), d["y_test"].astype(np.int32))
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
 def _builtin(name, seed):
     if name == "digits":
         return (*load_digits(), 10)
@@ -210,22 +303,47 @@ def _check_finite(path, name, a):
         )
 
 
+def _one_of(path, arrays, names):
+    found = [n for n in names if n in arrays]
+    if len(found) > 1:
+        raise ValueError(f"{path}: holds both {found[0]!r} and {found[1]!r}; keep one")
+    return found[0] if found else None
+
+
 def _read_npz(path):
+    """{"x", "y"[, "x_test", "y_test"]} from an .npz, and whether y is integer-typed."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not zipfile.is_zipfile(path):
+        what = ("a single .npy array (numpy.save), not an .npz archive"
+                if magic == b"\x93NUMPY" else
+                f"not an .npz archive (a zip file written by numpy.savez); it starts "
+                f"with {magic!r}")
+        raise ValueError(f"{path}: {what}; write the data with "
+                         "numpy.savez(path, X=features, y=targets)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: cannot read as .npz: {e}") from None
-    if not {"X", "y"} <= set(arrays):
+        raise ValueError(f"{path}: cannot read as .npz (truncated or corrupted?): {e}") from None
+    names = {"x": _one_of(path, arrays, ("X", "x")), "y": _one_of(path, arrays, ("y", "Y")),
+             "x_test": _one_of(path, arrays, ("X_test", "x_test")),
+             "y_test": _one_of(path, arrays, ("y_test", "Y_test"))}
+    if names["x"] is None or names["y"] is None:
         raise ValueError(
-            f"{path}: an .npz data file needs arrays 'X' (m, n_0) and 'y' "
-            f"(m,) or (m, n_L); found {sorted(arrays)}"
+            f"{path}: an .npz data file needs arrays 'X' (or 'x') (m, n_0) and 'y' "
+            f"(m,) or (m, n_L), optionally 'x_test' and 'y_test'; found {sorted(arrays)}"
         )
-    x, y = arrays["X"], arrays["y"]
-    for name, a in (("X", x), ("y", y)):
+    if (names["x_test"] is None) != (names["y_test"] is None):
+        raise ValueError(f"{path}: a given test part needs both 'x_test' and 'y_test'; "
+                         f"found {sorted(arrays)}")
+    out = {k: arrays[n] for k, n in names.items() if n is not None}
+    for k, a in out.items():
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-            raise ValueError(f"{path}: {name} must be numeric; got dtype {a.dtype}")
-    return x, y, np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_
+            raise ValueError(f"{path}: {names[k]} must be numeric; got dtype {a.dtype}")
+    labels = all(np.issubdtype(out[k].dtype, np.integer) or out[k].dtype == np.bool_
+                 for k in ("y", "y_test") if k in out)
+    return out, labels
 
 
 def _parse_float(cell):
@@ -236,8 +354,18 @@ def _parse_float(cell):
 
 
 def _read_csv(path):
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    """{"x", "y"} from a CSV (last column the target), and whether y is whole numbers."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ValueError(f"{path}: the file is UTF-16 text (it starts with a UTF-16 "
+                         "byte-order mark); save it as UTF-8 (or plain ASCII) CSV")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: drops a BOM
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save "
+                         "it as UTF-8 (or plain ASCII) CSV") from None
     if rows and all(_parse_float(c) is None for c in rows[0]):
         rows = rows[1:]  # a header
     if not rows:
@@ -262,30 +390,22 @@ def _read_csv(path):
             values[i, j] = v
     y = values[:, -1]
     whole = bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
-    return values[:, :-1], y, whole
+    return {"x": values[:, :-1], "y": y}, whole
 
 
-def load_file(path, *, task="auto", test_fraction=0.2, seed=0) -> Dataset:
-    """Load ``.npz`` (arrays X, y) or ``.csv`` (last column the target) and split it.
-
-    Raises:
-      FileNotFoundError: no such file.
-      ValueError: unknown extension, missing arrays, wrong shapes, non-numeric
-        values, NaN or infinities (the message names the file and the place).
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid: {list(TASKS)}")
+def _read(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise FileNotFoundError(f"data file not found: {path}" + (
+            f" (from the folder {os.getcwd()})" if not os.path.isabs(path) else ""))
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
-        x, y, looks_like_labels = _read_npz(path)
+        arrays, labels = _read_npz(path)
     elif ext == ".csv":
-        x, y, looks_like_labels = _read_csv(path)
+        arrays, labels = _read_csv(path)
     else:
         raise ValueError(f"{path}: data files must end in .npz or .csv; got {ext!r}")
-
+    x, y = arrays["x"], arrays["y"]
     if x.ndim != 2:
         raise ValueError(f"{path}: X must be 2-D (m examples, n_0 features); got shape {x.shape}")
     if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
@@ -293,58 +413,161 @@ def load_file(path, *, task="auto", test_fraction=0.2, seed=0) -> Dataset:
             f"{path}: y must have shape ({x.shape[0]},) or ({x.shape[0]}, n_L) to "
             f"match X {x.shape}; got {y.shape}"
         )
-    _check_finite(path, "X", x.astype(np.float64))
-    _check_finite(path, "y", y.astype(np.float64))
+    for name in ("x", "y", "x_test", "y_test"):
+        if name in arrays:
+            _check_finite(path, name.replace("x", "X", 1) if name[0] == "x" else name,
+                          arrays[name].astype(np.float64))
+    if "x_test" in arrays:
+        xt, yt = arrays["x_test"], arrays["y_test"]
+        if xt.ndim != 2 or xt.shape[1] != x.shape[1] or yt.shape[0] != xt.shape[0] \
+                or yt.shape[1:] != y.shape[1:]:
+            raise ValueError(
+                f"{path}: x_test {xt.shape} and y_test {yt.shape} must match X {x.shape} "
+                f"and y {y.shape} in every dimension but the first"
+            )
+    return arrays, labels
 
-    if task == "auto":
-        task = "classification" if (y.ndim == 1 and looks_like_labels) else "regression"
-    if task == "classification":
-        if y.ndim != 1 or not np.all(y == np.round(y)):
+
+def _guess_task(path, y, labels):
+    """``task="auto"``: classification or regression, or a ValueError when unclear."""
+    if not labels or (y.ndim == 2 and y.shape[1] != 1):
+        return "regression"
+    values, counts = np.unique(y.reshape(-1), return_counts=True)
+    if 2 <= len(values) <= MAX_GUESSED_CLASSES and counts.min() >= 2:
+        return "classification"
+    if len(values) < 2:
+        why = f"y has a single value, {values[0]:g}"
+    elif len(values) == len(y):
+        why = f"y holds {len(y)} distinct whole numbers in {len(y)} rows (all different)"
+    elif counts.min() < 2:
+        why = (f"y holds {len(values)} distinct whole numbers in {len(y)} rows, "
+               f"{int(np.sum(counts == 1))} of them only once")
+    else:
+        why = (f"y holds {len(values)} distinct whole numbers in {len(y)} rows (more "
+               f"than {MAX_GUESSED_CLASSES}, the most guessed to be classes)")
+    raise ValueError(
+        f"{path}: cannot tell whether the target is class labels or a regression "
+        f"target: {why}; say which with --task classification or --task regression "
+        "(task= in Python)"
+    )
+
+
+def _encode(path, task, ys):
+    """Targets of each part for ``task``: labels 0..K-1 over the parts' union, or floats."""
+    if task == "regression":
+        return [y.reshape(y.shape[0], -1).astype(np.float32) for y in ys], None
+    for y in ys:
+        if (y.ndim == 2 and y.shape[1] != 1) or not np.all(y == np.round(y)):
             raise ValueError(
                 f"{path}: classification needs one whole-number class label per row; "
-                f"got y of shape {y.shape}"
+                f"got y of shape {y.shape}" + ("" if y.ndim == 2 and y.shape[1] != 1
+                                               else " with fractional values")
             )
-        classes, labels = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"{path}: classification needs at least 2 classes; got {len(classes)}")
-        y, n_classes = labels.astype(np.int32), len(classes)
-    else:
-        y, n_classes = y.reshape(y.shape[0], -1).astype(np.float32), None
-    return split(path, x.astype(np.float32), y, n_classes, test_fraction=test_fraction,
-                 seed=seed)
+    flat = [y.reshape(-1) for y in ys]
+    classes = np.unique(np.concatenate(flat))
+    if len(classes) < 2:
+        raise ValueError(f"{path}: classification needs at least 2 classes; got {len(classes)}")
+    return [np.searchsorted(classes, y).astype(np.int32) for y in flat], len(classes)
 
 
-def load_dataset(name, *, seed=0, test_fraction=0.2, task="auto") -> Dataset:
+def load_file(path, *, task="auto", test_fraction=None, seed=0, test=None) -> Dataset:
+    """Load ``.npz`` (arrays X, y) or ``.csv`` (last column the target), with a test part.
+
+    The test part is, in order: ``x_test``/``y_test`` stored in the ``.npz``,
+    the file ``test`` (same format as ``path``), or a split of ``path``
+    (``test_fraction``, default 0.2, drawn with ``seed``; stratified for
+    classes). Labels are numbered 0..K-1 over train and test together.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: unknown extension, missing arrays, wrong shapes, non-numeric
+        values, NaN or infinities, an unclear task (the message names the file
+        and the place).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {list(TASKS)}")
+    path = os.fspath(path)
+    arrays, labels = _read(path)
+    given = "x_test" in arrays
+    if test is not None:
+        if given:
+            raise ValueError(f"{path}: holds x_test and y_test already; give no test file")
+        test = os.fspath(test)
+        test_arrays, test_labels = _read(test)
+        if "x_test" in test_arrays:
+            raise ValueError(f"{test}: a test file holds X and y only; found x_test too")
+        if test_arrays["x"].shape[1:] != arrays["x"].shape[1:] or \
+                test_arrays["y"].shape[1:] != arrays["y"].shape[1:]:
+            raise ValueError(
+                f"{test}: the test file's X {test_arrays['x'].shape} and y "
+                f"{test_arrays['y'].shape} must match {path}'s X {arrays['x'].shape} and "
+                f"y {arrays['y'].shape} but for the number of rows"
+            )
+        arrays.update(x_test=test_arrays["x"], y_test=test_arrays["y"])
+        labels, given = labels and test_labels, True
+    if given and test_fraction is not None:
+        raise ValueError(f"{path}: test_fraction={test_fraction} does not apply: the test "
+                         "part is given")
+    ys = [arrays["y"]] + ([arrays["y_test"]] if given else [])
+    if task == "auto":
+        task = _guess_task(path, np.concatenate([y.reshape(len(y), -1) for y in ys]), labels)
+    ys, n_classes = _encode(path, task, ys)
+    x = arrays["x"].astype(np.float32)
+    if given:
+        return Dataset(path, x, ys[0], arrays["x_test"].astype(np.float32), ys[1], n_classes)
+    return split(path, x, ys[0], n_classes, seed=seed,
+                 test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction)
+
+
+def load_dataset(name, *, seed=0, test_fraction=None, task="auto", test=None,
+                 val_fraction=None) -> Dataset:
     """A built-in set by name (see :data:`BUILTIN`) or a user file by path.
 
     Args:
       name: ``"digits"``, ``"xor"``, ``"moons"``, ``"spirals"``, ``"sine"``,
-        or a path ending in ``.npz`` or ``.csv``.
-      seed: fixes the synthetic draws and the train/test split.
+        ``"mnist1d"``, or a path ending in ``.npz`` or ``.csv``.
+      seed: fixes the synthetic draws and the train/test (and validation) split.
       test_fraction: the share of each class (or of all rows, for regression)
-        held out for testing.
+        held out for testing [0.2]; an error for data that come with their test
+        part (``mnist1d``, ``x_test`` in an ``.npz``, or ``test``).
       task: for files: ``"auto"``, ``"classification"`` or ``"regression"``.
+      test: optional path of a file holding the test part (same format as ``name``).
+      val_fraction: optional share of the training part held out for
+        validation (``x_val``, ``y_val``; see :func:`split_validation`).
 
     Returns:
       A :class:`Dataset`.
     """
     name = os.fspath(name)
     if name in BUILTIN:
-        x, y, n_classes = _builtin(name, seed)
-        return split(name, x, y, n_classes, test_fraction=test_fraction, seed=seed)
-    if name.lower().endswith((".npz", ".csv")) or os.sep in name:
-        return load_file(name, task=task, test_fraction=test_fraction, seed=seed)
-    raise ValueError(
-        f"unknown data set {name!r}; valid names are {list(BUILTIN)}, or a path to "
-        "an .npz (arrays X, y) or .csv (last column the target) file"
-    )
+        if test is not None:
+            raise ValueError(f"test={test!r}: a test file goes with a data file, not the "
+                             f"built-in set {name!r}")
+        if name in FIXED_SPLIT:
+            if test_fraction is not None:
+                raise ValueError(f"test_fraction={test_fraction} does not apply: {name!r} "
+                                 "comes with its official test split")
+            data = Dataset(name, *(np.array(a) for a in load_mnist1d()), 10)
+        else:
+            x, y, n_classes = _builtin(name, seed)
+            data = split(name, x, y, n_classes, seed=seed, test_fraction=(
+                DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction))
+    elif name.lower().endswith((".npz", ".csv")) or os.sep in name:
+        data = load_file(name, task=task, test_fraction=test_fraction, seed=seed, test=test)
+    else:
+        raise ValueError(
+            f"unknown data set {name!r}; valid names are {list(BUILTIN)}, or a path to "
+            "an .npz (arrays X, y) or .csv (last column the target) file"
+        )
+    return data if not val_fraction else split_validation(data, val_fraction, seed=seed)
 
 
 def standardize(data: Dataset):
     """Shift and scale every feature to mean 0, std 1 on the training part.
 
     x := (x - mean) / std with mean and std of ``x_train`` per column (a
-    constant column keeps std 1). The test part uses the training statistics.
+    constant column keeps std 1). The test (and validation) part uses the
+    training statistics.
 
     Returns:
       ``(dataset, mean, std)``; mean and std have shape (n_0,).
@@ -353,4 +576,6 @@ def standardize(data: Dataset):
     std = data.x_train.std(axis=0)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
     scale = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
-    return data._replace(x_train=scale(data.x_train), x_test=scale(data.x_test)), mean, std
+    val = {} if data.x_val is None else {"x_val": scale(data.x_val)}
+    return data._replace(x_train=scale(data.x_train), x_test=scale(data.x_test), **val), \
+        mean, std
