@@ -4,26 +4,36 @@ One small function per subcommand (``cmd_<name>``) and one that registers its
 options (``add_<name>``); :data:`COMMANDS` lists them, so a new subcommand is
 one pair of functions and one entry.
 
-Examples::
+Examples (docs/cli.md has one for every option)::
 
     functional-bp train --out runs/digits            # the defaults: digits, 97%+
     functional-bp train --data moons --hidden 16 16 --activation tanh --epochs 100
     functional-bp train --resume runs/digits/params.npz --epochs 10 --out runs/more
+    functional-bp train --data mnist1d --val-fraction 0.1 --patience 10 --schedule cosine
     functional-bp check runs/digits/params.npz       # the per-layer proof
+    functional-bp check runs/digits/params.npz --data digits   # ... on real rows
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
+import shlex
+import signal
 import sys
+import tempfile
+import threading
 import time
 
 from .activations import ACTIVATIONS
 from .bench import add_bench, cmd_bench
+from .datasets import BUILTIN
 from .losses import LOSSES
 from .mlp import SCHEMES
+
+OPTIMIZERS = ("sgd", "momentum", "adam")  # functional_bp.train's, without importing jax
+SCHEDULES = ("constant", "cosine", "exponential", "warmup-cosine")
 
 
 class UsageError(Exception):
@@ -81,54 +91,118 @@ def fraction(text):
     return value
 
 
+def unit_fraction(text):
+    value = non_negative_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return value
+
+
+def closed_fraction(text):
+    value = non_negative_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
 # --- train ---------------------------------------------------------------------------
 TRAIN_DEFAULTS = dict(
-    data="digits", task="auto", test_fraction=0.2, standardize=True,
+    data="digits", test_data=None, task="auto", test_fraction=None, split_seed=None,
+    val_fraction=None, standardize=True,
     hidden=[256], activation=["relu"], output_activation="identity", loss=None,
-    init="he", optimizer="adam", lr=1e-3, momentum=0.9, batch_size=32, l2=0.0, seed=0,
+    init="he", optimizer="adam", lr=1e-3, momentum=0.9, schedule="constant",
+    warmup_steps=None, decay_rate=0.1, final_lr_fraction=0.0, batch_size=32, l2=0.0,
+    seed=0, patience=None,
 )
-"""The configuration of a run with no options. ``loss=None`` means
-``softmax_cross_entropy`` for classification and ``mse`` for regression."""
+"""The configuration of a run with no options (what a resumed run keeps).
+
+``None`` means: ``test_fraction`` 0.2 unless the data come with their test
+part; ``split_seed`` the value of ``seed``; ``val_fraction`` no validation
+part; ``loss`` ``softmax_cross_entropy`` for classification and ``mse`` for
+regression; ``warmup_steps`` a tenth of the schedule's steps; ``patience``
+never stop early. A run also records ``schedule_steps``, the horizon T of its
+learning-rate schedule (None for ``constant``)."""
+
+DEFAULT_EPOCHS = 50
+DEFAULT_SAVE_EVERY = 10
 
 
 def add_train(sub):
     p = sub.add_parser(
         "train", help="train a network with the hand-derived gradients",
         description="Train an MLP by minibatch gradient descent with the hand-derived "
-        "backward pass; write metrics.json, params.npz and curves.png into --out.",
+        "backward pass; write metrics.json, params.npz and curves.png (and best.npz "
+        "with a validation part) into --out. Each option's default is in brackets.",
     )
     d = TRAIN_DEFAULTS
-    p.add_argument("--data", help=f"built-in name (digits, xor, moons, spirals, sine) or "
-                   f"a .npz (X, y) / .csv (last column the target) file [{d['data']}]")
-    p.add_argument("--task", choices=["auto", "classification", "regression"],
-                   help="for data files: what the target is [auto]")
-    p.add_argument("--test-fraction", type=fraction, help="held-out share [0.2]")
-    p.add_argument("--no-standardize", dest="standardize", action="store_const",
-                   const=False, help="feed the features as they are (default: shift and "
-                   "scale each to mean 0, std 1 on the training part)")
-    p.add_argument("--hidden", type=positive_int, nargs="*", metavar="N",
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="built-in name (digits, xor, moons, spirals, sine, mnist1d) "
+                   "or a .npz (X, y; optionally x_test, y_test) / .csv (last column the "
+                   f"target) file [{d['data']}]")
+    g.add_argument("--test-data", metavar="FILE", help="the test part from this file (same "
+                   "format as --data) instead of a split of --data [none: split --data]")
+    g.add_argument("--task", choices=["auto", "classification", "regression"],
+                   help="for data files: what the target is; auto refuses to guess when "
+                   "whole-number targets could be either [auto]")
+    g.add_argument("--test-fraction", type=fraction, help="held-out share, when the data "
+                   "have no given test part [0.2]")
+    g.add_argument("--split-seed", type=non_negative_int, metavar="N",
+                   help="fixes the synthetic draws and the test and validation splits "
+                   "[the value of --seed]")
+    g.add_argument("--val-fraction", type=fraction, metavar="F",
+                   help="share of the training part held out for validation; the best "
+                   "epoch by validation loss is kept in best.npz [none]")
+    g.add_argument("--no-standardize", dest="standardize", action="store_const",
+                   const=False, help="feed the features as they are [off: each feature is "
+                   "shifted and scaled to mean 0, std 1 on the training part]")
+    g = p.add_argument_group("network")
+    g.add_argument("--hidden", type=positive_int, nargs="*", metavar="N",
                    help="hidden layer widths; none for a linear model [256]")
-    p.add_argument("--activation", nargs="+", choices=sorted(ACTIVATIONS), metavar="NAME",
+    g.add_argument("--activation", nargs="+", choices=sorted(ACTIVATIONS), metavar="NAME",
                    help=f"one for every hidden layer, or one per hidden layer; "
                    f"{', '.join(sorted(ACTIVATIONS))} [relu]")
-    p.add_argument("--output-activation", choices=sorted(ACTIVATIONS), metavar="NAME",
+    g.add_argument("--output-activation", choices=sorted(ACTIVATIONS), metavar="NAME",
                    help="activation of the last layer [identity]")
-    p.add_argument("--loss", choices=sorted(LOSSES),
+    g.add_argument("--loss", choices=sorted(LOSSES),
                    help="[softmax_cross_entropy for classes, mse for regression]")
-    p.add_argument("--init", choices=sorted(SCHEMES), help="weight init scheme [he]")
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], help="[adam]")
-    p.add_argument("--lr", type=positive_float, help="learning rate eta [0.001]")
-    p.add_argument("--momentum", type=non_negative_float, help="for --optimizer momentum [0.9]")
-    p.add_argument("--batch-size", type=positive_int, help="rows per minibatch [32]")
-    p.add_argument("--l2", type=non_negative_float, help="weight decay on the W's [0]")
-    p.add_argument("--seed", type=non_negative_int, help="fixes split, init and shuffles [0]")
-    p.add_argument("--epochs", type=non_negative_int, default=50,
-                   help="epochs to run (more epochs, with --resume) [50]")
-    p.add_argument("--out", default="run", metavar="DIR", help="output folder [run]")
-    p.add_argument("--resume", metavar="CHECKPOINT",
-                   help="continue a run from its params.npz (its configuration is kept)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--devices", type=positive_int, metavar="N",
+    g.add_argument("--init", choices=sorted(SCHEMES), help="weight init scheme [he]")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), help="[adam]")
+    g.add_argument("--lr", type=positive_float, help="learning rate eta (the peak, with a "
+                   "schedule) [0.001]")
+    g.add_argument("--momentum", type=non_negative_float, help="for --optimizer momentum [0.9]")
+    g.add_argument("--schedule", choices=list(SCHEDULES),
+                   help="learning rate over the run's steps (optax schedules) [constant]")
+    g.add_argument("--warmup-steps", type=non_negative_int, metavar="N",
+                   help="for warmup-cosine: steps of linear warm-up from 0 to --lr "
+                   "[a tenth of the run's steps]")
+    g.add_argument("--decay-rate", type=unit_fraction, metavar="R",
+                   help="for exponential: the rate ends at R * --lr [0.1]")
+    g.add_argument("--final-lr-fraction", type=closed_fraction, metavar="F",
+                   help="for cosine and warmup-cosine: the rate ends at F * --lr [0]")
+    g.add_argument("--batch-size", type=positive_int, help="rows per minibatch [32]")
+    g.add_argument("--l2", type=non_negative_float, help="weight decay on the W's [0]")
+    g.add_argument("--seed", type=non_negative_int, help="fixes the init and the shuffles "
+                   "(and the split, unless --split-seed) [0]")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=non_negative_int,
+                        help=f"epochs to run (more epochs, with --resume) [{DEFAULT_EPOCHS}]")
+    length.add_argument("--steps", type=positive_int, metavar="N",
+                        help="optimizer steps to run instead of --epochs, rounded up to "
+                        "whole epochs [none: --epochs decides]")
+    g.add_argument("--patience", type=positive_int, metavar="N",
+                   help="with --val-fraction: stop after N epochs without a lower "
+                   "validation loss [none: run every epoch]")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="run", metavar="DIR", help="output folder [run]")
+    g.add_argument("--save-every", type=non_negative_int, default=DEFAULT_SAVE_EVERY,
+                   metavar="N", help="write params.npz and metrics.json every N epochs "
+                   f"(0: only at the end); Ctrl-C also saves [{DEFAULT_SAVE_EVERY}]")
+    g.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue a run from its params.npz (its configuration is kept) "
+                   "[none]")
+    g.add_argument("--quiet", action="store_true", help="no progress bar [off]")
+    g.add_argument("--devices", type=positive_int, metavar="N",
                    help="split each minibatch over the first N devices (data parallel) [1]")
     return p
 
@@ -148,9 +222,46 @@ def _data_mesh(n):
     return data_mesh(jax.devices()[:n])
 
 
+def check_out(out):
+    """Fail early, before any training, when ``--out`` cannot receive the outputs.
+
+    ``out`` must be a folder or not exist yet; its nearest existing ancestor
+    must be a folder in which a file can be created (tried, then removed).
+    """
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError("--out", f"{out} is a file, not a folder; give a folder path")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError("--out", f"{out} cannot be created: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".functional-bp-write-test-", dir=probe)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        where = out if probe == path else f"{probe} (to create {out})"
+        raise UsageError("--out", f"cannot write into {where}: {e.strerror}; give a "
+                         "writable folder") from None
+    return path
+
+
+def _is_file(name):
+    return name not in BUILTIN
+
+
+def _given(args):
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k, None) is not None}
+    for k in ("data", "test_data"):  # files are recorded by absolute path
+        if k in given and _is_file(given[k]):
+            given[k] = os.path.abspath(given[k])
+    return given
+
+
 def _train_config(args):
     """The run's configuration: defaults, or the checkpoint's when resuming."""
-    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    given = _given(args)
     if args.resume is None:
         return {**TRAIN_DEFAULTS, **given}, None
     from .checkpoint import read_metadata
@@ -160,8 +271,10 @@ def _train_config(args):
     except (OSError, ValueError) as e:
         raise UsageError("--resume", str(e)) from None
     config = meta.get("config")
-    if not isinstance(config, dict) or set(config) != set(TRAIN_DEFAULTS):
+    if not isinstance(config, dict) or not {"data", "hidden", "optimizer"} <= set(config) \
+            or not set(config) <= set(TRAIN_DEFAULTS) | {"schedule_steps"}:
         raise UsageError("--resume", f"{args.resume} was not written by 'functional-bp train'")
+    config = {**TRAIN_DEFAULTS, **config}  # a run from before an option existed: its default
     for k, v in given.items():
         if v != config[k]:
             raise UsageError(
@@ -170,6 +283,36 @@ def _train_config(args):
                 "keeps its configuration",
             )
     return config, meta
+
+
+def _load_data(config, args):
+    """The run's Dataset (split, validation part, standardized), or a usage error."""
+    from .datasets import load_dataset, standardize
+
+    seed = config["seed"] if config["split_seed"] is None else config["split_seed"]
+    try:
+        data = load_dataset(config["data"], seed=seed, task=config["task"],
+                            test_fraction=config["test_fraction"], test=config["test_data"],
+                            val_fraction=config["val_fraction"])
+    except (OSError, ValueError) as e:
+        message = str(e)
+        if "test_fraction=" in message:
+            option = "--test-fraction"
+        elif config["test_data"] and message.startswith(f"{config['test_data']}:"):
+            option = "--test-data"
+        elif "val_fraction" in message or "validation part" in message:
+            option = "--val-fraction"
+        else:
+            option = "--data"
+        if args.resume is not None and getattr(args, option[2:].replace("-", "_")) is None:
+            # the user never gave this option: it comes from the checkpoint
+            message = (f"the resumed run's data ({option} {config[option[2:].replace('-', '_')]}"
+                       f", recorded in {args.resume}) cannot be loaded: {message}")
+            option = "--resume"
+        raise UsageError(option, message) from None
+    if config["standardize"]:
+        data, _, _ = standardize(data)
+    return data
 
 
 def _layers(config, data):
@@ -181,6 +324,35 @@ def _layers(config, data):
                          f"({len(hidden)}); got {len(acts)}")
     sizes = [data.n_features, *hidden, data.n_outputs]
     return sizes, acts + [config["output_activation"]]
+
+
+def _optimizer(config):
+    """The run's optimizer, with its learning-rate schedule."""
+    from .train import make_optimizer, make_schedule
+
+    T = config.get("schedule_steps")
+    warmup = config["warmup_steps"]
+    if warmup is None:
+        warmup = (T or 0) // 10
+    try:
+        lr = make_schedule(config["schedule"], config["lr"], total_steps=T or 0,
+                           warmup_steps=warmup, decay_rate=config["decay_rate"],
+                           final_fraction=config["final_lr_fraction"])
+    except ValueError as e:
+        option = "--warmup-steps" if "warmup" in str(e) else "--schedule"
+        raise UsageError(option, str(e)) from None
+    return make_optimizer(config["optimizer"], lr, momentum=config["momentum"])
+
+
+def _run_length(args, steps_per_epoch):
+    """Epochs to run now: --epochs, or --steps rounded up to whole epochs (with a note)."""
+    if args.steps is None:
+        return DEFAULT_EPOCHS if args.epochs is None else args.epochs
+    epochs = -(-args.steps // steps_per_epoch)
+    if epochs * steps_per_epoch != args.steps:
+        print(f"--steps {args.steps}: rounded up to {epochs} whole epochs of "
+              f"{steps_per_epoch} steps = {epochs * steps_per_epoch} steps", file=sys.stderr)
+    return epochs
 
 
 def _progress(epochs, quiet):
@@ -196,9 +368,25 @@ def _progress(epochs, quiet):
 
 
 def _summary(record):
-    keys = [("train_loss", "train loss {:.4f}"), ("test_loss", "test loss {:.4f}"),
-            ("train_accuracy", "train acc {:.2%}"), ("test_accuracy", "test acc {:.2%}")]
+    keys = [("train_loss", "train loss {:.4f}"), ("val_loss", "val loss {:.4f}"),
+            ("test_loss", "test loss {:.4f}"), ("train_accuracy", "train acc {:.2%}"),
+            ("val_accuracy", "val acc {:.2%}"), ("test_accuracy", "test acc {:.2%}")]
     return ", ".join(fmt.format(record[k]) for k, fmt in keys if k in record)
+
+
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _finite(record):
+    return all(math.isfinite(v) for k, v in record.items() if k.endswith("_loss"))
 
 
 def plot_curves(history, path, title=""):
@@ -214,7 +402,7 @@ def plot_curves(history, path, title=""):
         panels.append(("accuracy", "accuracy"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (metric, label) in zip(axes[0], panels):
-        for part, style in (("train", "-"), ("test", "--")):
+        for part, style in (("train", "-"), ("val", ":"), ("test", "--")):
             key = f"{part}_{metric}"
             if key in history[0]:
                 ax.plot(epochs, [r[key] for r in history], style, label=part)
@@ -234,8 +422,53 @@ def plot_curves(history, path, title=""):
     plt.close(fig)
 
 
+class _Interrupt:
+    """While active, the first Ctrl-C asks for a stop after the current epoch."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one aborts
+        print("\ninterrupted: saving after this epoch (Ctrl-C again to abort without "
+              "saving)", file=sys.stderr)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _resumed_stopper(stopper, history, resume, optimizer, sizes, start):
+    """Seed early stopping with the resumed run's best epoch (its best.npz)."""
+    from .checkpoint import CheckpointError
+    from .train import load_state
+
+    records = [r for r in history if r.get("val_loss") is not None]
+    if not records:
+        return
+    best = min(records, key=lambda r: r["val_loss"])
+    path = os.path.join(os.path.dirname(os.path.abspath(resume)), "best.npz")
+    try:
+        state, _ = load_state(path, optimizer=optimizer, sizes=sizes)
+    except (OSError, CheckpointError):
+        state = None
+    if state is None or state.epoch != best["epoch"]:
+        print(f"note: {path} does not hold the resumed run's best epoch "
+              f"{best['epoch']}; early stopping starts afresh", file=sys.stderr)
+        return
+    stopper.best_state, stopper.best_record = state, dict(best)
+    stopper.wait = start - best["epoch"]
+
+
 def cmd_train(args):
     t_start = time.perf_counter()
+    check_out(args.out)  # before anything slow
     config, resumed = _train_config(args)
     try:  # the optional extra
         import matplotlib  # noqa: F401
@@ -244,20 +477,21 @@ def cmd_train(args):
     import jax
 
     from . import __version__, init_mlp
-    from .checkpoint import CheckpointError
-    from .datasets import load_dataset, standardize
-    from .train import fit, init_state, load_state, make_optimizer, save_state
+    from .checkpoint import CheckpointError, write_json_atomically
+    from .train import EarlyStopping, fit, init_state, load_state, save_state
 
-    try:
-        data = load_dataset(config["data"], seed=config["seed"], task=config["task"],
-                            test_fraction=config["test_fraction"])
-    except (OSError, ValueError) as e:
-        raise UsageError("--data", str(e)) from None
-    if config["standardize"]:
-        data, _, _ = standardize(data)
+    if config["patience"] is not None and config["val_fraction"] is None:
+        raise UsageError("--patience", "early stopping watches the validation loss: give "
+                         "--val-fraction too")
+    data = _load_data(config, args)
     loss = config["loss"] or ("mse" if data.n_classes is None else "softmax_cross_entropy")
     sizes, activations = _layers(config, data)
-    optimizer = make_optimizer(config["optimizer"], config["lr"], momentum=config["momentum"])
+    steps_per_epoch = -(-len(data.x_train) // min(config["batch_size"], len(data.x_train)))
+    epochs = _run_length(args, steps_per_epoch)
+    if resumed is None:
+        config["schedule_steps"] = (None if config["schedule"] == "constant"
+                                    else max(epochs, 1) * steps_per_epoch)
+    optimizer = _optimizer(config)
     mesh = _data_mesh(args.devices)
 
     history = []
@@ -271,48 +505,110 @@ def cmd_train(args):
         except (OSError, CheckpointError) as e:
             raise UsageError("--resume", str(e)) from None
         history = list(meta.get("history", []))
+    start, end = state.epoch, state.epoch + epochs
+    stopper = None if config["val_fraction"] is None else EarlyStopping(config["patience"])
+    if stopper is not None and resumed is not None:
+        _resumed_stopper(stopper, history, args.resume, optimizer, sizes, start)
 
-    bar, start = _progress(args.epochs, args.quiet), state.epoch
+    os.makedirs(args.out, exist_ok=True)
+    paths = {k: os.path.join(args.out, k) for k in
+             ("params.npz", "best.npz", "metrics.json", "curves.png")}
+    saved = {"best": None}
 
-    def on_epoch(record):
+    def metrics(state, history, status, best=None):
+        final = history[-1]
+        shown = best or final  # with a validation part: the best epoch's test results
+        return json_safe({
+            "version": __version__,
+            "status": status,
+            "config": {**config, "loss": loss, "epochs": state.epoch},
+            "sizes": sizes,
+            "activations": activations,
+            "dataset": {"name": data.name, "task": data.task, "n_train": len(data.x_train),
+                        "n_val": None if data.x_val is None else len(data.x_val),
+                        "n_test": len(data.x_test)},
+            "history": history,
+            "best_epoch": None if best is None else best["epoch"],
+            "test_accuracy": shown.get("test_accuracy"),
+            "test_loss": shown["test_loss"],
+            "resumed_from": args.resume,
+            "seconds": round(time.perf_counter() - t_start, 3),
+            "devices": args.devices or 1,
+        })
+
+    def save(state, history, status):
+        """params.npz (resumable), best.npz (if a newer best), metrics.json: each atomic."""
+        upto = [r for r in history if r["epoch"] <= state.epoch]
+        save_state(paths["params.npz"], state, activations=activations, loss=loss,
+                   metadata={"config": config, "history": json_safe(upto)})
+        best = None if stopper is None else stopper.best_record
+        if best is not None and saved["best"] != best["epoch"]:
+            save_state(paths["best.npz"], stopper.best_state, activations=activations,
+                       loss=loss, metadata={"config": config, "history": json_safe(
+                           [r for r in history if r["epoch"] <= best["epoch"]])})
+            saved["best"] = best["epoch"]
+        write_json_atomically(paths["metrics.json"], metrics(state, history, status, best))
+
+    bar = _progress(epochs, args.quiet)
+    run = {"history": history, "good": state, "diverged": None, "early": False}
+
+    def on_epoch(record, state):
+        run["history"].append(record)
         if bar is not None and record["epoch"] > start:
             bar.update(1)
             bar.set_postfix_str(_summary(record).replace("train ", ""))
+        if not _finite(record):
+            run["diverged"] = record
+            return True
+        run["good"] = state
+        if stopper is not None and stopper(record, state):
+            run["early"] = True
+            return True
+        if interrupt.requested:
+            return True
+        if args.save_every and record["epoch"] > start and \
+                (record["epoch"] - start) % args.save_every == 0 and record["epoch"] < end:
+            save(state, run["history"], "running")
+        return False
 
-    state, new = fit(state, (data.x_train, data.y_train), (data.x_test, data.y_test),
-                     activations=activations, loss=loss, optimizer=optimizer,
-                     epochs=args.epochs, batch_size=config["batch_size"], l2=config["l2"],
-                     callback=on_epoch, mesh=mesh)
+    with _Interrupt() as interrupt:
+        state, _ = fit(state, (data.x_train, data.y_train), (data.x_test, data.y_test),
+                       val=None if data.x_val is None else (data.x_val, data.y_val),
+                       activations=activations, loss=loss, optimizer=optimizer,
+                       epochs=epochs, batch_size=config["batch_size"], l2=config["l2"],
+                       callback=on_epoch, mesh=mesh)
     if bar is not None:
         bar.close()
-    history += new
-    train_seconds = time.perf_counter() - t_start
+    history = run["history"]
+    seconds = time.perf_counter() - t_start
+    title = f"{data.name}: {sizes}, {config['optimizer']}, batch {config['batch_size']}"
 
-    os.makedirs(args.out, exist_ok=True)
-    ckpt = os.path.join(args.out, "params.npz")
-    save_state(ckpt, state, activations=activations, loss=loss,
-               metadata={"config": config, "history": history})
-    final = history[-1]
-    metrics = {
-        "version": __version__,
-        "config": {**config, "loss": loss, "epochs": state.epoch},
-        "sizes": sizes,
-        "activations": activations,
-        "dataset": {"name": data.name, "task": data.task, "n_train": len(data.x_train),
-                    "n_test": len(data.x_test)},
-        "history": history,
-        "test_accuracy": final.get("test_accuracy"),
-        "test_loss": final["test_loss"],
-        "resumed_from": args.resume,
-        "seconds": round(train_seconds, 3),
-        "devices": args.devices or 1,
-    }
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    plot_curves(history, os.path.join(args.out, "curves.png"),
-                title=f"{data.name}: {sizes}, {config['optimizer']}, batch {config['batch_size']}")
-    print(f"{data.name}: {state.epoch} epochs, {_summary(final)}, "
-          f"{train_seconds:.1f} s -> {args.out}/{{metrics.json,params.npz,curves.png}}")
+    if run["diverged"] is not None:
+        bad, good = run["diverged"], run["good"]
+        save(good, history, "diverged")
+        plot_curves(history, paths["curves.png"], title=title)
+        print(f"functional-bp train: error: the loss became "
+              f"{'nan' if any(v != v for v in bad.values()) else 'infinite'} at epoch "
+              f"{bad['epoch']} ({_summary(bad)}); training stopped. {paths['params.npz']} "
+              f"holds epoch {good.epoch}, the last with a finite loss. Try a smaller --lr "
+              f"(now {config['lr']:g}), a schedule, or check the data for extreme values.",
+              file=sys.stderr)
+        return 1
+    interrupted = interrupt.requested and state.epoch < end
+    status = ("interrupted" if interrupted else
+              "stopped early" if run["early"] else "finished")
+    save(state, history, status)
+    plot_curves(history, paths["curves.png"], title=title)
+    best = None if stopper is None else stopper.best_record
+    outputs = "{metrics.json,params.npz,curves.png" + (",best.npz}" if best else "}")
+    note = "" if best is None else f"; best epoch {best['epoch']}: {_summary(best)}"
+    print(f"{data.name}: {state.epoch} epochs ({status}), {_summary(history[-1])}{note}, "
+          f"{seconds:.1f} s -> {args.out}/{outputs}")
+    if interrupted:
+        command = ["functional-bp", "train", "--resume", paths["params.npz"], "--epochs",
+                   str(end - state.epoch), "--out", args.out]
+        print(f"resume with: {shlex.join(command)}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -326,7 +622,8 @@ def add_check(sub):
     )
     p.add_argument("checkpoint", nargs="?", help="a params.npz written by 'train'")
     p.add_argument("--sizes", type=positive_int, nargs="+", metavar="N",
-                   help="layer widths n_0 ... n_L of a random network [64 32 10]")
+                   help="layer widths n_0 ... n_L of a random network [64 32 10; with "
+                   "--data: n_0 32 n_L of the data]")
     p.add_argument("--activation", nargs="+", choices=sorted(ACTIVATIONS), metavar="NAME",
                    help="for a random network: one for every hidden layer, or one per "
                    "hidden layer [relu]")
@@ -334,7 +631,14 @@ def add_check(sub):
                    default="identity", help="for a random network [identity]")
     p.add_argument("--loss", choices=sorted(LOSSES),
                    help="[the checkpoint's, else softmax_cross_entropy]")
-    p.add_argument("--batch", type=positive_int, default=32, help="rows of the random batch [32]")
+    p.add_argument("--data", help="check on the first --batch training rows of this data "
+                   "set (built-in name or file, as for train; a checkpoint's run settings "
+                   "are used) [none: a random batch]")
+    p.add_argument("--task", choices=["auto", "classification", "regression"],
+                   help="with --data, for files: what the target is [the checkpoint's, else "
+                   "auto]")
+    p.add_argument("--batch", type=positive_int, default=32,
+                   help="rows of the batch [32]")
     p.add_argument("--l2", type=non_negative_float, default=0.0, help="weight decay [0]")
     p.add_argument("--seed", type=non_negative_int, default=0, help="[0]")
     p.add_argument("--float64", action="store_true", help="check in float64 (tolerance 1e-10)")
@@ -343,7 +647,40 @@ def add_check(sub):
     return p
 
 
-def _check_network(args):
+def _check_data(args, config):
+    """The Dataset for ``check --data``, with a run's settings when it has them."""
+    from .datasets import load_dataset, standardize
+
+    config = {**TRAIN_DEFAULTS, **(config or {})}
+    seed = config["seed"] if config["split_seed"] is None else config["split_seed"]
+    try:
+        data = load_dataset(args.data, seed=seed, task=args.task or config["task"])
+    except (OSError, ValueError) as e:
+        raise UsageError("--data", str(e)) from None
+    return standardize(data)[0] if config["standardize"] else data
+
+
+def _data_batch(args, data, n_0, n_L, dtype):
+    """The first --batch training rows as (x, y), y one-hot for classes."""
+    import jax
+    import jax.numpy as jnp
+
+    if data.n_features != n_0:
+        raise UsageError("--data", f"{args.data} has {data.n_features} features; the "
+                         f"network takes n_0 = {n_0}")
+    x, y = data.x_train[:args.batch], data.y_train[:args.batch]
+    if data.n_classes is None:
+        if y.shape[1] != n_L:
+            raise UsageError("--data", f"{args.data} has regression targets of width "
+                             f"{y.shape[1]}; the network has n_L = {n_L} outputs")
+        return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+    if data.n_classes > n_L:
+        raise UsageError("--data", f"{args.data} has {data.n_classes} classes (labels up to "
+                         f"{data.n_classes - 1}); the network has n_L = {n_L} outputs")
+    return jnp.asarray(x, dtype), jax.nn.one_hot(y, n_L, dtype=dtype)
+
+
+def _check_network(args, data=None):
     """(params, activations, loss) from the checkpoint or a random network."""
     import jax
 
@@ -363,7 +700,8 @@ def _check_network(args):
             raise UsageError("checkpoint", f"{args.checkpoint} records no activations")
         return ckpt.params, activations, args.loss or ckpt.metadata.get("loss") or \
             "softmax_cross_entropy"
-    sizes = args.sizes or [64, 32, 10]
+    sizes = args.sizes or ([64, 32, 10] if data is None else
+                           [data.n_features, 32, data.n_outputs])
     if len(sizes) < 2:
         raise UsageError("--sizes", "give at least two widths, n_0 and n_L")
     acts = args.activation or ["relu"]
@@ -373,7 +711,9 @@ def _check_network(args):
         raise UsageError("--activation", f"give one name, or one per hidden layer "
                          f"({len(sizes) - 2}); got {len(acts)}")
     params = init_mlp(jax.random.key(args.seed), sizes)
-    return params, acts + [args.output_activation], args.loss or "softmax_cross_entropy"
+    default_loss = "mse" if data is not None and data.n_classes is None else \
+        "softmax_cross_entropy"
+    return params, acts + [args.output_activation], args.loss or default_loss
 
 
 def _random_batch(key, m, n_0, n_L, loss, dtype):
@@ -399,19 +739,37 @@ def cmd_check(args):
     from . import grad, objective
     from .checking import check_gradients
 
-    params, activations, loss = _check_network(args)
+    data = None
+    if args.data is not None:
+        config = None
+        if args.checkpoint is not None:
+            from .checkpoint import read_metadata
+
+            try:
+                config = read_metadata(args.checkpoint).get("config")
+            except (OSError, ValueError) as e:
+                raise UsageError("checkpoint", str(e)) from None
+        data = _check_data(args, config if isinstance(config, dict) else None)
+    elif args.task is not None:
+        raise UsageError("--task", "goes with --data")
+    params, activations, loss = _check_network(args, data)
     ctx = jax.enable_x64(True) if args.float64 else contextlib.nullcontext()
     with ctx:
         dtype = jnp.float64 if args.float64 else jnp.float32
         params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
         n_0, n_L = params[0]["W"].shape[0], params[-1]["W"].shape[1]
-        batch = _random_batch(jax.random.key(args.seed + 1), args.batch, n_0, n_L, loss, dtype)
+        if data is None:
+            batch = _random_batch(jax.random.key(args.seed + 1), args.batch, n_0, n_L, loss,
+                                  dtype)
+        else:
+            batch = _data_batch(args, data, n_0, n_L, dtype)
         kw = dict(activations=activations, loss=loss, l2=args.l2)
         report = check_gradients(lambda p, b: grad(p, b, **kw),
                                  lambda p, b: objective(p, b, **kw),
                                  params, batch, finite_differences=args.finite_differences)
     source = args.checkpoint or "random network"
-    print(f"{source}: activations {activations}, loss {loss}, batch {args.batch}, "
+    rows = f"{len(batch[0])} rows of {args.data}" if data is not None else f"{args.batch} random rows"
+    print(f"{source}: activations {activations}, loss {loss}, batch {rows}, "
           f"{jnp.dtype(dtype).name}")
     print(report)
     print("PASS: the hand-derived gradients equal jax.grad" if report.ok
