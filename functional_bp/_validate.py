@@ -181,6 +181,84 @@ def prepare(params, batch, activations, loss):
     return acts, loss, x, y
 
 
+def resolve_model(activations, network):
+    """The static model of a public call: the ``activations`` sequence or the ``network``."""
+    from .layers import Sequential
+
+    if (activations is None) == (network is None):
+        raise TypeError(
+            "pass exactly one of activations= (the dense chain, one activation per layer) "
+            "and network= (a functional_bp.layers.Sequential); got "
+            + ("neither" if activations is None else "both")
+        )
+    if network is not None and not isinstance(network, Sequential):
+        raise TypeError(
+            "network must be a functional_bp.layers.Sequential, e.g. "
+            "Sequential(Dense(64), Activation('relu'), Dense(10)); got "
+            f"{type(network).__name__} (wrap a single layer: Sequential(layer))"
+        )
+    return activations if network is None else network
+
+
+def network_dtype(params):
+    """The dtype of the first floating leaf of a network's params (float32 when none)."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+            return dtype
+    return jnp.dtype(jnp.float32)
+
+
+def check_network_x(x, net, params):
+    """Check x (m, *input_shape) for ``net``; return (x cast to the params dtype, output shape)."""
+    shape = _shape(x)
+    if len(shape) < 2 and not net.integer_input:
+        raise ValueError(
+            f"x must have a batch axis and the example's axes, (m, ...); got shape {shape}"
+            + (" (use x[None, :] for a single example)" if len(shape) == 1 else "")
+        )
+    if len(shape) < 1 or shape[0] == 0:
+        raise ValueError("the batch is empty: x has 0 rows; pass at least one example")
+    out = net.check(params, shape[1:])
+    if len(out) != 1:
+        raise ValueError(
+            f"the network's output must be (m, n_L) for the loss; it is (m, "
+            f"{', '.join(map(str, out))}) for x of shape {shape}: end the network with "
+            "Flatten() and a Dense layer"
+        )
+    if net.integer_input:
+        x_dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        if not jnp.issubdtype(x_dtype, jnp.integer):
+            raise TypeError(f"x for {net.layers[0]!r} must be integer indices; got dtype {x_dtype}")
+        return jnp.asarray(x), out
+    return _as_dtype(x, network_dtype(params)), out
+
+
+def prepare_model(params, batch, model, loss):
+    """Validate everything for either form; return ``(view, net_params, loss, x, y)``.
+
+    ``model`` is an activations sequence (the MLP) or a ``Sequential``;
+    ``view`` converts between the user's params structure and the network's.
+    """
+    from .layers import Layer
+    from .network import MLPView, NetworkView, mlp_network
+
+    loss = get_loss(loss)
+    x, y = check_batch(batch)
+    if isinstance(model, Layer):
+        view = NetworkView(model)
+        x, out = check_network_x(x, model, params)
+        y = check_y(y, x.shape[0], out[0], loss, dtype=network_dtype(params))
+        return view, params, loss, x, y
+    sizes = check_params(params)
+    acts = check_activations(model, len(params))
+    view = MLPView(mlp_network(acts, tuple(sizes[1:])), type(params))
+    dtype = params_dtype(params)
+    x = check_x(x, sizes[0], dtype=dtype)
+    y = check_y(y, x.shape[0], sizes[-1], loss, dtype=dtype)
+    return view, view.to_net(params), loss, x, y
+
+
 def static_config(activations, loss=None):
     """``(activations, loss)`` made hashable (compiled-in configuration): a list becomes a tuple.
 
@@ -221,16 +299,20 @@ def _is_number(v) -> bool:
 
 
 def jit_with_checks(from_arrays: Callable) -> Callable:
-    """``from_arrays(params, x, y, *args, activations, loss)`` as a public entry
-    ``f(params, batch, args, activations, loss)``: jitted, checks run while tracing.
+    """``from_arrays(net_params, x, y, *args, view, loss)`` as a public entry
+    ``f(params, batch, args, model, loss)``: jitted, checks run while tracing.
 
-    - The checks (:func:`prepare`) depend only on what jit caches a trace on:
-      the structure, shapes and dtypes of ``params`` and ``batch`` and the
-      static configuration. Running them inside the trace checks every new
+    - ``model`` is the ``activations`` sequence (the MLP) or a network
+      (``layers.Sequential``); :func:`prepare_model` validates the call and
+      gives ``from_arrays`` the network's params and a ``view`` that maps
+      results back to the user's structure.
+    - The checks depend only on what jit caches a trace on: the structure,
+      shapes and dtypes of ``params`` and ``batch`` and the static
+      configuration. Running them inside the trace checks every new
       combination once and costs nothing on the calls that reuse a trace;
       errors are still raised at the call (tracing happens inside it).
-    - The configuration (``activations``, ``loss``, and the Python numbers
-      among ``args`` such as ``l2`` or ``clip_norm``) is compiled in: one
+    - The configuration (the model, the loss, and the Python numbers among
+      ``args`` such as ``l2`` or ``clip_norm``) is compiled in: one
       ``jax.jit`` of a ``partial`` per configuration, kept in a dict, called
       with arrays only. That is how ``jax.jit(jax.value_and_grad(partial(
       objective, ...)))`` is called, so a repeated call costs the same
@@ -239,21 +321,21 @@ def jit_with_checks(from_arrays: Callable) -> Callable:
     - The batch goes through :func:`array_batch`.
     """
 
-    def traced(params, batch, *args, activations, loss, numbers):
-        acts, loss, x, y = prepare(params, batch, activations, loss)
+    def traced(params, batch, *args, model, loss, numbers):
+        view, net_params, loss, x, y = prepare_model(params, batch, model, loss)
         args = tuple(a if n is None else n for a, n in zip(args, numbers))
-        return from_arrays(params, x, y, *args, activations=acts, loss=loss)
+        return from_arrays(net_params, x, y, *args, view=view, loss=loss)
 
     compiled = {}
 
-    def call(params, batch, args, activations, loss):
+    def call(params, batch, args, model, loss):
         batch = array_batch(batch)
-        activations, loss = static_config(activations, loss)
+        model, loss = static_config(model, loss)
         numbers = tuple(a if _is_number(a) else None for a in args)
-        key = (activations, loss, numbers)
+        key = (model, loss, numbers)
         f = compiled.get(key)
         if f is None:
-            f = compiled[key] = jax.jit(partial(traced, activations=activations, loss=loss,
+            f = compiled[key] = jax.jit(partial(traced, model=model, loss=loss,
                                                 numbers=numbers))
         return f(params, batch, *(None if n is not None else a for a, n in zip(args, numbers)))
 

@@ -21,7 +21,12 @@ import jax.numpy as jnp
 
 from . import _validate
 from .activations import Activation
+from .layers import Layer
 from .losses import Loss
+from .network import MLPView, mlp_network
+from .network import forward as network_forward
+from .network import l2_penalty as network_l2_penalty
+from .network import objective_from_arrays as network_objective
 
 SCHEMES = {
     # name: variance of each entry of W^l as a function of (n_in, n_out)
@@ -77,51 +82,66 @@ def init_mlp(key, sizes: Sequence[int], *, scheme: str = "he", dtype=jnp.float32
     return params
 
 
+def _mlp(params, activations):
+    """The MLP's network and params view (widths read from the W shapes)."""
+    view = MLPView(mlp_network(tuple(activations), tuple(p["W"].shape[1] for p in params)))
+    return view, view.to_net(params)
+
+
 def forward_trace(params, x, activations: Sequence[Activation], z_offsets=None):
-    """The forward pass keeping every layer: returns ``(zs, As)``.
+    """The MLP's forward pass keeping every layer: returns ``(zs, As)``.
 
     ``zs[l-1] = Z^l`` (m, n_l) for l = 1..L and ``As[l] = A^l`` for l = 0..L
     (``As[0] = x``). ``z_offsets``, when given, is a list of arrays added to
     each Z^l: ``jax.grad`` with respect to zero offsets gives dJ/dZ^l, the
     reference for the deltas.
     """
-    zs, As = [], [x]
-    a = x
-    for l, (layer, act) in enumerate(zip(params, activations)):
-        z = a @ layer["W"] + layer["b"][None, :]
-        if z_offsets is not None:
-            z = z + z_offsets[l]
-        a = act.g(z)
-        zs.append(z)
-        As.append(a)
-    return zs, As
+    view, net_params = _mlp(params, activations)
+    offsets = None if z_offsets is None else [o for z in z_offsets for o in (z, None)]
+    out, caches = network_forward(view.net, net_params, x, None, offsets)
+    return caches[1::2], caches[0::2] + [out]  # Dense caches A^{l-1}, Activation caches Z^l
 
 
 def l2_penalty(params, l2):
     """(l2/2) sum_l ||W^l||_F^2 (biases are not regularised)."""
-    return 0.5 * l2 * sum(jnp.sum(layer["W"] ** 2) for layer in params)
+    return network_l2_penalty(params, l2)
 
 
 def objective_from_arrays(params, x, y, l2, activations, loss: Loss, z_offsets=None):
-    """J for already-validated arrays; plain JAX, the autodiff reference."""
+    """The MLP's J for already-validated arrays; plain JAX, the autodiff reference."""
     _, As = forward_trace(params, x, activations, z_offsets)
     return jnp.mean(loss.value(As[-1], y)) + l2_penalty(params, l2)
 
 
-@partial(jax.jit, static_argnames=("activations",))
-def _forward(params, x, *, activations):
-    # The checks run while tracing: once per new shapes, dtypes and activations.
+def _objective_net(params, x, y, l2, key, *, view, loss):
+    return network_objective(view.net, params, x, y, l2, loss, key)
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _forward(params, x, key, *, model):
+    # The checks run while tracing: once per new shapes, dtypes and model.
+    if isinstance(model, Layer):
+        x, _ = _validate.check_network_x(x, model, params)
+        return network_forward(model, params, x, key)[0]
     sizes = _validate.check_params(params)
-    acts = _validate.check_activations(activations, len(params))
+    acts = _validate.check_activations(model, len(params))
     x = _validate.check_x(x, sizes[0], dtype=_validate.params_dtype(params))
-    return forward_trace(params, x, acts)[1][-1]
+    view, net_params = _mlp(params, acts)
+    return network_forward(view.net, net_params, x)[0]
 
 
-_objective = _validate.jit_with_checks(objective_from_arrays)
+_objective = _validate.jit_with_checks(_objective_net)
 
 
-def forward(params, x, *, activations):
-    """The network output A^L, shape (m, n_L), for inputs x of shape (m, n_0).
+def forward(params, x, *, activations=None, network=None, key=None):
+    """The network output, shape (m, n_L), for inputs x of shape (m, n_0) (or (m, *input_shape)).
+
+    Args:
+      params: MLP params (:func:`init_mlp`) or a network's (``network.init``).
+      x: the inputs, one example per row.
+      activations: one activation per layer (the dense chain), or
+      network: a :class:`functional_bp.layers.Sequential`.
+      key: a ``jax.random`` key for Dropout layers (None: evaluation).
 
     Example::
 
@@ -130,23 +150,27 @@ def forward(params, x, *, activations):
         >>> fbp.forward(params, jax.numpy.ones((5, 4)), activations=["relu", "identity"]).shape
         (5, 3)
     """
-    activations, _ = _validate.static_config(activations)
-    return _forward(params, _validate.as_array(x), activations=activations)
+    model = _validate.resolve_model(activations, network)
+    model, _ = _validate.static_config(model)
+    return _forward(params, _validate.as_array(x), key, model=model)
 
 
-def objective(params, batch, *, activations, loss, l2=0.0):
-    """J = (1/m) sum_i L(a^L_i, y_i) + (l2/2) sum_l ||W^l||^2, in plain JAX.
+def objective(params, batch, *, activations=None, network=None, loss, l2=0.0, key=None):
+    """J = (1/m) sum_i L(a^L_i, y_i) + (l2/2) sum ||W||^2, in plain JAX.
 
     This is the reference: ``jax.grad(objective)`` is what every hand-derived
     gradient of the library must equal.
 
     Args:
-      params: list of ``{"W", "b"}`` dicts (see :func:`init_mlp`).
+      params: list of ``{"W", "b"}`` dicts (see :func:`init_mlp`), or a
+        network's params.
       batch: ``(x, y)``, x of shape (m, n_0), y of shape (m, n_L) (or integer
         labels of shape (m,) for ``softmax_cross_entropy``).
-      activations: one name or :class:`Activation` per layer.
+      activations: one name or :class:`Activation` per layer, or
+      network: a :class:`functional_bp.layers.Sequential`.
       loss: a loss name or :class:`~functional_bp.losses.Loss`.
       l2: weight decay on the W's.
+      key: a ``jax.random`` key for Dropout layers (None: evaluation).
 
     Example::
 
@@ -157,4 +181,5 @@ def objective(params, batch, *, activations, loss, l2=0.0):
         >>> J.shape
         ()
     """
-    return _objective(params, batch, (l2,), activations, loss)
+    model = _validate.resolve_model(activations, network)
+    return _objective(params, batch, (l2, key), model, loss)

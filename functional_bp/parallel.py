@@ -36,8 +36,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import _validate
-from .backprop import backprop_from_arrays
-from .mlp import l2_penalty
+from .backprop import backprop_net_arrays
+from .network import MLPView, add_l2, l2_penalty, mlp_network
 
 DATA = "data"
 """The name of the mesh axis the batch's rows are split over."""
@@ -91,12 +91,21 @@ def pad_rows(x, y, n_shards, weights=None):
     """
     m = x.shape[0]
     pad = -m % n_shards
-    w = jnp.full((m,), 1 / m, dtype=x.dtype) if weights is None else weights
+    w = jnp.full((m,), 1 / m, dtype=y.dtype) if weights is None else weights
     if pad:
-        x = jnp.pad(x, ((0, pad), (0, 0)), mode="edge")
-        y = jnp.pad(y, ((0, pad), (0, 0)), mode="edge")
+        rows = lambda t: jnp.pad(t, ((0, pad),) + ((0, 0),) * (t.ndim - 1), mode="edge")  # noqa: E731
+        x, y = rows(x), rows(y)
         w = jnp.pad(w, (0, pad))  # zeros: padding rows do not count
     return x, y, w
+
+
+def _view(model, params):
+    """The view of the activations= (MLP) or network= form, for params already checked."""
+    if isinstance(model, tuple):
+        return MLPView(mlp_network(model, tuple(p["W"].shape[1] for p in params)), type(params))
+    from .network import NetworkView
+
+    return NetworkView(model)
 
 
 def sharded_value_and_grad(params, x, y, w, activations, loss, mesh):
@@ -108,8 +117,11 @@ def sharded_value_and_grad(params, x, y, w, activations, loss, mesh):
     replicated on every device.
     """
 
+    view = _view(activations, params)
+
     def local(params, x, y, w):
-        r = backprop_from_arrays(params, x, y, 0.0, activations, loss, weights=w)
+        r = backprop_net_arrays(view.to_net(params), x, y, 0.0, None, view=view, loss=loss,
+                                weights=w)
         return jax.lax.psum((r.loss, r.grads), DATA)  # the one cross-device sum
 
     axis_type = dict(zip(mesh.axis_names, mesh.axis_types))[DATA]
@@ -132,9 +144,7 @@ def value_and_grad_from_arrays(params, x, y, l2, activations, loss, mesh,
     """
     x, y, w = pad_rows(x, y, mesh.shape[DATA], weights)
     J, grads = sharded_value_and_grad(params, x, y, w, activations, loss, mesh)
-    J = J + l2_penalty(params, l2)
-    grads = [{"W": g["W"] + l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]
-    return J, grads
+    return J + l2_penalty(params, l2), add_l2(grads, params, l2)
 
 
 @dataclass(frozen=True)
@@ -159,8 +169,8 @@ def _data_parallel_value_and_grad(params, x, y, l2, *, activations, loss, mesh):
     return value_and_grad_from_arrays(params, x, y, l2, activations, loss, mesh)
 
 
-def data_parallel_value_and_grad(params, batch, *, activations, loss, l2=0.0,
-                                 mesh=None):
+def data_parallel_value_and_grad(params, batch, *, activations=None, network=None, loss,
+                                 l2=0.0, mesh=None):
     """``(J, dJ/dparams)`` with the batch's rows split over the devices of a mesh.
 
     Equal to :func:`functional_bp.value_and_grad` (up to the order of the
@@ -178,7 +188,9 @@ def data_parallel_value_and_grad(params, batch, *, activations, loss, l2=0.0,
       batch: ``(x, y)`` with x (m, n_0) and y (m, n_L) (or integer labels (m,)
         for ``softmax_cross_entropy``). In several processes, global arrays
         whose rows each process fed (see :func:`shard_rows`).
-      activations: one name or :class:`~functional_bp.Activation` per layer.
+      activations: one name or :class:`~functional_bp.Activation` per layer, or
+      network: a :class:`functional_bp.layers.Sequential` (Dropout runs in
+        evaluation mode here).
       loss: a loss name or :class:`~functional_bp.losses.Loss`.
       l2: weight decay on the W's.
       mesh: a :class:`jax.sharding.Mesh` with an axis named ``"data"`` (other
@@ -201,8 +213,12 @@ def data_parallel_value_and_grad(params, batch, *, activations, loss, l2=0.0,
         (4, 2)
     """
     mesh = check_mesh(mesh)
-    acts, loss, x, y = _validate.prepare(params, batch, activations, loss)
-    return _data_parallel_value_and_grad(params, x, y, l2, activations=acts,
+    model = _validate.resolve_model(activations, network)
+    view, _, loss, x, y = _validate.prepare_model(params, _validate.array_batch(batch), model,
+                                                  loss)
+    if network is None:  # the activations, resolved (the MLP's Activation layers)
+        model = tuple(layer.fn for layer in view.net.layers[1::2])
+    return _data_parallel_value_and_grad(params, x, y, l2, activations=model,
                                          loss=loss, mesh=mesh)
 
 

@@ -1,8 +1,11 @@
-"""Per-example gradients, their norms, and DP-SGD clipping, all from the deltas.
+"""Per-example gradients, their norms, and DP-SGD clipping, all from the cotangents.
 
-Run the delta recursion with weight 1 on every example (instead of 1/m): row i
-of each G^l is then example i's own dL_i/dz^l_i, written ``delta_i^l``
-(n_l,), and row i of A^{l-1} is ``a_i^{l-1}`` (n_{l-1},). Then, per example::
+Run the backward loop with weight 1 on every example (instead of 1/m): row i
+of the cotangent at each layer's output is then example i's own dL_i/dY_i,
+and each layer with parameters gives example i's squared gradient norm from
+its cache and that cotangent (``layer.sq_norms``), without forming the
+per-example gradients. For the dense chain (row i of G^l is ``delta_i^l``,
+row i of A^{l-1} is ``a_i^{l-1}``)::
 
     dL_i/dW^l = outer(a_i^{l-1}, delta_i^l)             (n_{l-1}, n_l)
     dL_i/db^l = delta_i^l                               (n_l,)
@@ -13,14 +16,16 @@ norms). The norms therefore need O(m * sum of widths) memory, never the
 O(m * number of parameters) of the per-example gradients themselves.
 
 Clipping each example to ``clip_norm`` C multiplies its gradient by
-c_i = min(1, C / ||g_i||) = C / max(||g_i||, C). The recursion is linear in each
-row, so that is the same as scaling row i of every G^l by c_i / m, and the
-clipped mean is one weighted sum::
+c_i = min(1, C / ||g_i||). Every layer's parameter gradient is linear in its
+cotangent, and row i of a cotangent only carries example i (no layer here
+couples examples), so the clipped mean is each layer's parameter backward on
+its saved cotangent with row i scaled by c_i / m::
 
     dW^l = A^{l-1,T} (c/m ⊙ G^l),    db^l = sum of the rows of (c/m ⊙ G^l)
 
-``C / max(||g_i||, C)`` is 1 for an example whose gradient is exactly zero:
-there is no 0/0, in any branch.
+An example whose gradient is exactly zero gets c_i = 1: there is no 0/0, in
+any branch. A layer that couples examples (``couples_examples``) makes these
+functions raise: row i would no longer be example i's own.
 """
 
 from __future__ import annotations
@@ -30,26 +35,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate
-from .backprop import backward
-from .mlp import forward_trace
+from .backprop import output_cotangent
+from .network import forward
 
 
-def _deltas_and_inputs(params, x, y, activations, loss):
-    """([delta^1..delta^L], [A^0..A^{L-1}]): each example's own G^l (weight 1)."""
-    ones = jnp.ones((x.shape[0],), dtype=x.dtype)
-    zs, As = forward_trace(params, x, activations)
-    # Only the deltas are used: XLA drops the weight gradients computed beside them.
-    _, deltas, _ = backward(params, zs, As, y, 0.0, activations, loss, ones)
-    return deltas, As[:-1]
+def _cotangents(net, params, x, y, loss, key):
+    """(caches, cotangents) of a backward pass with weight 1 on every example."""
+    if net.couples_examples:
+        raise ValueError(
+            f"{net!r} has a layer that couples the examples of a batch: per-example "
+            "gradients, their norms and DP clipping would be wrong; remove that layer"
+        )
+    out, caches = forward(net, params, x, key)
+    ones = jnp.ones((x.shape[0],), dtype=out.dtype)
+    # Only the cotangents are used: XLA drops the parameter gradients computed beside them.
+    _, _, cots = net.backward_trace(params, caches, output_cotangent(loss, out, y, ones))
+    return caches, cots
 
 
-def _norms(As, deltas):
-    """||g_i|| = sqrt(sum_l (||a_i^{l-1}||^2 + 1) ||delta_i^l||^2), shape (m,)."""
-    sq = sum(
-        (jnp.sum(a * a, axis=1) + 1) * jnp.sum(delta * delta, axis=1)
-        for a, delta in zip(As, deltas)
-    )
-    return jnp.sqrt(sq)
+def _sq_norms(net, params, caches, cots, m, dtype):
+    sq = net.sq_norms_trace(params, caches, cots)
+    return jnp.zeros((m,), dtype) if sq is None else sq
 
 
 def clip_factors(norms, clip_norm):
@@ -66,46 +72,54 @@ def clip_factors(norms, clip_norm):
     return jnp.where(norms <= C, 1, C / jnp.where(norms <= C, 1, norms)).astype(norms.dtype)
 
 
-def per_example_grads_from_arrays(params, x, y, activations, loss):
+def per_example_grads_from_arrays(params, x, y, key=None, *, view, loss):
     """Per-example gradients for validated arrays: leaves (m, *leaf shape)."""
-    deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
-    return [
-        {"W": jnp.einsum("mi,mj->mij", a, delta), "b": delta}
-        for a, delta in zip(As, deltas)
-    ]
+    caches, cots = _cotangents(view.net, params, x, y, loss, key)
+    return view.grads(view.net.per_example_grads_trace(params, caches, cots))
 
 
-def per_example_grad_norms_from_arrays(params, x, y, activations, loss):
+def per_example_grad_norms_from_arrays(params, x, y, key=None, *, view, loss):
     """||g_i|| for validated arrays, shape (m,), without forming any g_i."""
-    deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
-    return _norms(As, deltas)
+    caches, cots = _cotangents(view.net, params, x, y, loss, key)
+    return jnp.sqrt(_sq_norms(view.net, params, caches, cots, x.shape[0], cots_dtype(cots)))
 
 
-def clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
-                             activations, loss):
-    """The DP-SGD gradient for validated arrays (``key`` None: no noise)."""
-    m = x.shape[0]
-    deltas, As = _deltas_and_inputs(params, x, y, activations, loss)
-    norms = _norms(As, deltas)
-    c = clip_factors(norms, clip_norm)
-    w = (c / m)[:, None]
-    grads = [
-        {"W": a.T @ (w * delta), "b": jnp.sum(w * delta, axis=0)}
-        for a, delta in zip(As, deltas)
-    ]
+def cots_dtype(cots):
+    return jax.tree_util.tree_leaves(cots)[0].dtype
+
+
+def clipped_sum_from_arrays(params, x, y, clip_norm, noise_multiplier, key, *, view, loss,
+                            weights, noise_scale):
+    """sum_i w_i clip(g_i) + noise_scale * N(0, (noise_multiplier * C)^2 I), network params.
+
+    ``weights`` (m,): w_i = 1/m gives the mean; zero weights mask padded rows.
+    ``key`` None: no noise. With Dropout layers, the dropout masks use
+    ``fold_in(key, 1)`` and the noise ``key`` itself.
+    """
+    net = view.net
+    dropout_key = None if key is None else jax.random.fold_in(key, 1)
+    caches, cots = _cotangents(net, params, x, y, loss, dropout_key)
+    norms = jnp.sqrt(_sq_norms(net, params, caches, cots, x.shape[0], cots_dtype(cots)))
+    c = clip_factors(norms, clip_norm) * weights
+    grads = net.scaled_grads(params, caches, cots, c)
     if key is None:
         return grads
     leaves, treedef = jax.tree_util.tree_flatten(grads)
-    keys = jax.random.split(key, len(leaves))
-    std = noise_multiplier * jnp.where(clip_norm > 0, clip_norm, 0) / m
+    keys = jax.random.split(key, max(len(leaves), 1))
+    std = noise_multiplier * jnp.where(clip_norm > 0, clip_norm, 0) * noise_scale
     noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
     return treedef.unflatten(noisy)
 
 
-def _clipped_grad_traced(params, x, y, clip_norm, noise_multiplier, key, activations, loss):
-    clip_norm, noise_multiplier = (jnp.asarray(v, x.dtype) for v in (clip_norm, noise_multiplier))
-    return clipped_grad_from_arrays(params, x, y, clip_norm, noise_multiplier, key,
-                                    activations, loss)
+def _clipped_grad_traced(params, x, y, clip_norm, noise_multiplier, key, *, view, loss):
+    """The DP-SGD gradient for validated arrays: the mean of the clipped g_i plus noise / m."""
+    m = x.shape[0]
+    dtype = _validate.network_dtype(params)
+    clip_norm, noise_multiplier = (jnp.asarray(v, dtype) for v in (clip_norm, noise_multiplier))
+    w = jnp.full((m,), 1 / m, dtype=clip_norm.dtype)
+    grads = clipped_sum_from_arrays(params, x, y, clip_norm, noise_multiplier, key, view=view,
+                                    loss=loss, weights=w, noise_scale=1 / m)
+    return view.grads(grads)
 
 
 # Jitted, with the input checks run while tracing (once per shapes/dtypes/config).
@@ -114,18 +128,22 @@ _per_example_grad_norms = _validate.jit_with_checks(per_example_grad_norms_from_
 _clipped_grad = _validate.jit_with_checks(_clipped_grad_traced)
 
 
-def per_example_grads(params, batch, *, activations, loss):
+def per_example_grads(params, batch, *, activations=None, network=None, loss, key=None):
     """Each example's own gradient: dL_i/dW^l = outer(a_i^{l-1}, delta_i^l), dL_i/db^l = delta_i^l.
 
     L_i is example i's own loss: no 1/m and no l2 term. Equal to
     ``jax.vmap(jax.grad(L_i))`` over the examples, from one backward pass.
 
     Args:
-      params: list of ``{"W": (n_{l-1}, n_l), "b": (n_l,)}`` dicts.
-      batch: ``(x, y)``, x (m, n_0), y (m, n_L) (or integer labels (m,) for
-        ``softmax_cross_entropy``).
-      activations: one name or :class:`~functional_bp.Activation` per layer.
+      params: list of ``{"W": (n_{l-1}, n_l), "b": (n_l,)}`` dicts, or a
+        network's params.
+      batch: ``(x, y)``, x (m, n_0) (or (m, *input_shape)), y (m, n_L) (or
+        integer labels (m,) for ``softmax_cross_entropy``).
+      activations: one name or :class:`~functional_bp.Activation` per layer, or
+      network: a :class:`functional_bp.layers.Sequential` (no layer may
+        couple examples).
       loss: a loss name or :class:`~functional_bp.Loss`.
+      key: a ``jax.random`` key for Dropout layers (None: evaluation).
 
     Returns:
       The params structure with a leading axis m on every leaf: W^l leaves
@@ -140,14 +158,16 @@ def per_example_grads(params, batch, *, activations, loss):
         >>> g[0]["W"].shape, g[1]["b"].shape
         ((5, 3, 4), (5, 2))
     """
-    return _per_example_grads(params, batch, (), activations, loss)
+    model = _validate.resolve_model(activations, network)
+    return _per_example_grads(params, batch, (key,), model, loss)
 
 
-def per_example_grad_norms(params, batch, *, activations, loss):
+def per_example_grad_norms(params, batch, *, activations=None, network=None, loss, key=None):
     """The global L2 norm of each example's own gradient, shape (m,).
 
-    ||g_i||^2 = sum_l (||a_i^{l-1}||^2 + 1) ||delta_i^l||^2, from the deltas and
-    activations: memory O(m * sum of widths); no per-example gradient is formed.
+    ||g_i||^2 = sum over layers of each layer's ``sq_norms`` from its cache and
+    cotangent; for the dense chain sum_l (||a_i^{l-1}||^2 + 1) ||delta_i^l||^2,
+    memory O(m * sum of widths): no per-example gradient is formed.
     Arguments as in :func:`per_example_grads`.
 
     Example::
@@ -158,7 +178,8 @@ def per_example_grad_norms(params, batch, *, activations, loss):
         ...                            activations=["relu", "identity"], loss="mse").shape
         (5,)
     """
-    return _per_example_grad_norms(params, batch, (), activations, loss)
+    model = _validate.resolve_model(activations, network)
+    return _per_example_grad_norms(params, batch, (key,), model, loss)
 
 
 def _known_value(v, name):
@@ -208,8 +229,8 @@ def check_privacy_args(clip_norm, noise_multiplier, key):
         )
 
 
-def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplier=0.0,
-                 key=None):
+def clipped_grad(params, batch, *, activations=None, network=None, loss, clip_norm,
+                 noise_multiplier=0.0, key=None):
     """The DP-SGD gradient, as one weighted backward pass.
 
     (1/m) [sum_i g_i min(1, C / ||g_i||) + N(0, (noise_multiplier * C)^2 I)]
@@ -227,7 +248,9 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
         is required unless it is known to be 0 (a Python number or concrete
         array equal to 0): an array or traced value always needs a key.
       key: a ``jax.random`` key for the Gaussian noise (one independent
-        normal per parameter). With ``key=None`` no noise is added.
+        normal per parameter); Dropout layers, if any, draw their masks from
+        ``jax.random.fold_in(key, 1)``. With ``key=None`` no noise is added
+        (and Dropout is off).
 
     Returns:
       Params-shaped gradients.
@@ -249,4 +272,5 @@ def clipped_grad(params, batch, *, activations, loss, clip_norm, noise_multiplie
         (3, 4)
     """
     check_privacy_args(clip_norm, noise_multiplier, key)
-    return _clipped_grad(params, batch, (clip_norm, noise_multiplier, key), activations, loss)
+    model = _validate.resolve_model(activations, network)
+    return _clipped_grad(params, batch, (clip_norm, noise_multiplier, key), model, loss)

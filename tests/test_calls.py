@@ -64,13 +64,13 @@ def test_nested_lists_are_accepted_as_arrays():
 
 def test_the_checks_run_once_per_new_shape(monkeypatch):
     calls = []
-    prepare = _validate.prepare
+    prepare = _validate.prepare_model
 
     def counting(*args):
         calls.append(1)
         return prepare(*args)
 
-    monkeypatch.setattr(_validate, "prepare", counting)
+    monkeypatch.setattr(_validate, "prepare_model", counting)
     jax.clear_caches()
     case = make_case([3, 7, 5], 11, ["softplus", "identity"], "mse", seed=35)
     kw = case.kwargs()

@@ -68,13 +68,13 @@ def test_our_rule_is_the_one_that_runs():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_a_wrong_rule_installed_the_same_way_fails(dtype):
-    def forgets_the_l2_term(params, zs, As, y, l2, activations, loss):
-        return backward_from_trace(params, zs, As, y, 0.0, activations, loss)
+    def forgets_the_l2_term(net, params, caches, out, y, l2, loss):
+        return backward_from_trace(net, params, caches, out, y, 0.0, loss)
 
-    def sums_instead_of_averaging(params, zs, As, y, l2, activations, loss):
-        grads, input_grad = backward_from_trace(params, zs, As, y, l2, activations, loss)
-        m = As[0].shape[0]
-        return [{"W": g["W"], "b": m * g["b"]} for g in grads], input_grad
+    def sums_instead_of_averaging(net, params, caches, out, y, l2, loss):
+        grads, input_grad = backward_from_trace(net, params, caches, out, y, l2, loss)
+        m = out.shape[0]
+        return [g and {"W": g["W"], "b": m * g["b"]} for g in grads], input_grad
 
     case = _case(dtype)
     with jax.enable_x64(dtype == jnp.float64):

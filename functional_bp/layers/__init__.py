@@ -1,0 +1,38 @@
+"""Layers: each layer type owns its forward, its hand-derived backward and its per-example norm.
+
+The layer-by-layer form of the derivation: a network is a
+:class:`Sequential` of layers; the backward of the network is the loop
+``for layer in reversed(layers): dparams, dy = layer.backward(params, cache, dy)``.
+Every public function of :mod:`functional_bp` takes ``network=`` in place
+of ``activations=``::
+
+    >>> import jax, jax.numpy as jnp, functional_bp as fbp
+    >>> from functional_bp import layers as fl
+    >>> net = fl.Sequential(fl.Dense(16), fl.Activation("relu"),
+    ...                     fl.Residual(fl.LayerNorm(), fl.Dense(16), fl.Activation("tanh")),
+    ...                     fl.Dense(3))
+    >>> params = net.init(jax.random.key(0), (4,))
+    >>> x, y = jnp.ones((8, 4)), jnp.zeros((8,), dtype=jnp.int32)
+    >>> J, grads = fbp.value_and_grad(params, (x, y), network=net, loss="softmax_cross_entropy")
+    >>> grads[2][1]["W"].shape
+    (16, 16)
+"""
+
+from .activation import Activation
+from .base import Layer
+from .dense import Dense
+from .dropout import Dropout
+from .flatten import Flatten
+from .layernorm import LayerNorm
+from .sequential import Residual, Sequential
+
+__all__ = [
+    "Activation",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Layer",
+    "LayerNorm",
+    "Residual",
+    "Sequential",
+]

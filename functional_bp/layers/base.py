@@ -1,0 +1,147 @@
+"""What every layer is: a few pure functions, and the rules they follow.
+
+A layer is static, hashable configuration (a frozen dataclass) with:
+
+- ``init(key, input_shape, dtype) -> (params, output_shape)``; shapes exclude the
+  batch axis m; ``params`` is a dict of arrays (``{}`` without parameters);
+- ``forward(params, x, key=None) -> (y, cache)``: x (m, *input_shape),
+  y (m, *output_shape); the cache holds exactly what the backward needs;
+- ``backward(params, cache, dy) -> (dparams, dx)``: given the cotangent
+  dy = dJ/dY, the layer's gradients and dJ/dX, derived by hand with the
+  chain rule for tensors, dJ/dX_k = sum_j dJ/dY_j dY_j/dX_k;
+- for layers with parameters, ``sq_norms(params, cache, dy) -> (m,)``: the
+  squared norm of each example's own parameter gradient, when row i of dy
+  is example i's own dL_i/dY_i (weight 1).
+
+Containers (:class:`~functional_bp.layers.Sequential`,
+:class:`~functional_bp.layers.Residual`) run their layers' functions; the
+three ``*_trace`` methods below are how every layer, leaf or container,
+exposes its cotangents to the per-example machinery: a leaf's cotangent is
+its dy; a container's is the list of its layers' cotangents (the same nesting
+as its params).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+def rows(c, t):
+    """c (m,) broadcast against the rows of t (m, ...): c[:, None, ..., None]."""
+    return c.reshape(c.shape + (1,) * (t.ndim - 1))
+
+
+def sum_rows(t):
+    """Each example's sum of squares of t (m, ...): shape (m,)."""
+    return jnp.sum(t * t, axis=tuple(range(1, t.ndim)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """Base class: the defaults of a leaf layer without parameters."""
+
+    #: whether the layer mixes the rows of a batch (batch norm would): the
+    #: per-example functions then refuse it, since row i of the cotangent is
+    #: no longer example i's own.
+    couples_examples = False
+    #: whether the layer takes integer inputs (an embedding)
+    integer_input = False
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        return {}, tuple(input_shape)
+
+    def forward(self, params, x, key=None):  # pragma: no cover - every layer overrides
+        raise NotImplementedError
+
+    def backward(self, params, cache, dy):  # pragma: no cover - every layer overrides
+        raise NotImplementedError
+
+    def init_with_shape(self, key, input_shape, dtype=jnp.float32):
+        """``(params, output_shape)``: what containers call (``Sequential.init`` returns params only)."""
+        return self.init(key, input_shape, dtype)
+
+    def sq_norms(self, params, cache, dy):
+        """No parameters: no contribution to an example's gradient norm."""
+        return None
+
+    # --- the uniform interface used by the engine (containers override) ---
+    def forward_offsets(self, params, x, key, offsets):
+        """forward, then ``y + offsets`` (the reference for the cotangent dJ/dY)."""
+        y, cache = self.forward(params, x, key)
+        return (y if offsets is None else y + offsets), cache
+
+    def backward_trace(self, params, cache, dy):
+        """``(dparams, dx, cotangent)``; a leaf's cotangent is dy itself."""
+        dparams, dx = self.backward(params, cache, dy)
+        return dparams, dx, dy
+
+    def sq_norms_trace(self, params, cache, cot):
+        return self.sq_norms(params, cache, cot)
+
+    def scaled_grads(self, params, cache, cot, c):
+        """dparams for the cotangent with row i scaled by c_i (the backward is linear in dy)."""
+        if not jax.tree_util.tree_leaves(params):
+            return params
+        return self.backward(params, cache, rows(c, cot) * cot)[0]
+
+    def per_example_grads_trace(self, params, cache, cot):
+        """Each example's own dparams (leading axis m): this layer's backward on one row at a time.
+
+        The cache's arrays carry the batch axis first (every layer with
+        parameters keeps its cache that way).
+        """
+        if not jax.tree_util.tree_leaves(params):
+            return params
+        one = lambda t: t[None]  # noqa: E731  (a batch of one example)
+        return jax.vmap(lambda c, d: self.backward(params, jax.tree_util.tree_map(one, c),
+                                                   one(d))[0])(cache, cot)
+
+    def check(self, params, input_shape, where: str):
+        """Check ``params`` against what ``init`` makes for ``input_shape``; return the output shape."""
+        expected, out_shape = abstract_init(self, input_shape)
+        _compare(params, expected, f"{where} ({self!r})", input_shape)
+        return out_shape
+
+    def check_input(self, input_shape, where: str):
+        """Raise when ``input_shape`` cannot feed this layer (overridden where it matters)."""
+
+
+def abstract_init(layer, input_shape):
+    """``layer.init_with_shape`` traced abstractly: (params as ShapeDtypeStructs, output shape)."""
+    box = {}
+
+    def init(key):
+        params, box["out"] = layer.init_with_shape(key, tuple(input_shape))
+        return params
+
+    return jax.eval_shape(init, jax.random.key(0)), tuple(box["out"])
+
+
+def _shape(v):
+    return tuple(getattr(v, "shape", jnp.shape(v)))
+
+
+def _compare(params, expected, where, input_shape):
+    if not isinstance(params, dict):
+        raise TypeError(
+            f"{where}: params must be a dict with keys {sorted(expected)}; got "
+            f"{type(params).__name__}"
+        )
+    if set(params) != set(expected):
+        raise ValueError(
+            f"{where}: params must have exactly the keys {sorted(expected)}; got "
+            f"{sorted(params)} (use net.init(key, input_shape) to build them)"
+        )
+    for name, want in expected.items():
+        got = _shape(params[name])
+        if got != want.shape:
+            raise ValueError(
+                f"{where}: {name} must have shape {want.shape} for inputs of shape "
+                f"(m, {', '.join(map(str, input_shape))}); got {got}"
+            )
+        dtype = getattr(params[name], "dtype", None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{where}: {name} must be a floating-point array; got dtype {dtype}")

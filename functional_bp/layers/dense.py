@@ -1,0 +1,96 @@
+"""Dense: Z = A W + b, the linear layer of the derivation.
+
+Shapes (row layout; ``...`` are optional extra axes such as a sequence, T
+positions in all)::
+
+    A (m, ..., n_in)   W (n_in, n_out)   b (n_out,)   Z (m, ..., n_out)
+
+Forward: Z = A W + b (b broadcast over the rows).
+
+Backward, from the tensor chain rule dJ/dX_k = sum_j dJ/dY_j dY_j/dX_k with
+G = dJ/dZ: Z_{rj} = sum_k A_{rk} W_{kj} + b_j depends on W_{kj} through A_{rk}
+for every row r, on b_j with slope 1 for every row, and on A_{rk} through
+W_{kj} for every j::
+
+    dJ/dW = A^T G            (rows r run over examples and extra axes)
+    dJ/db = sum of the rows of G
+    dJ/dA = G W^T
+
+Per example (G_i, A_i: the T rows of example i, G_i = dL_i/dZ_i):
+dL_i/dW = A_i^T G_i and dL_i/db = 1^T G_i, so::
+
+    ||dL_i/dW||^2 = ||A_i^T G_i||_F^2 = <A_i A_i^T, G_i G_i^T>    (T = 1: ||a_i||^2 ||g_i||^2)
+    ||dL_i/db||^2 = ||1^T G_i||^2
+
+With extra axes the Gram form costs about T^2 (n_in + n_out) per example and
+the direct form T n_in n_out; the cheaper one is used (ghost clipping).
+
+Example::
+
+    >>> import jax, jax.numpy as jnp
+    >>> from functional_bp import layers as fl
+    >>> layer = fl.Dense(3)
+    >>> params, out = layer.init(jax.random.key(0), (4,))
+    >>> params["W"].shape, params["b"].shape, out
+    ((4, 3), (3,), (3,))
+    >>> z, cache = layer.forward(params, jnp.ones((2, 4)))
+    >>> grads, dA = layer.backward(params, cache, jnp.ones((2, 3)))
+    >>> grads["W"].shape, dA.shape
+    ((4, 3), (2, 4))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from .base import Layer, sum_rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense(Layer):
+    """Z = A W + b over the last axis; ``init`` draws W ~ N(0, scale / n_in) ("he": scale 2)."""
+
+    features: int
+    scale: float = 2.0
+
+    def __post_init__(self):
+        if not (isinstance(self.features, int) and not isinstance(self.features, bool)
+                and self.features > 0):
+            raise ValueError(f"Dense(features): a positive integer; got {self.features!r}")
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        n_in = input_shape[-1]
+        W = (self.scale / n_in) ** 0.5 * jax.random.normal(key, (n_in, self.features), dtype)
+        return {"W": W, "b": jnp.zeros((self.features,), dtype)}, (*input_shape[:-1], self.features)
+
+    def check_input(self, input_shape, where):
+        if len(input_shape) == 0:
+            raise ValueError(f"{where} (Dense): needs inputs with a feature axis; got scalars")
+
+    def forward(self, params, x, key=None):
+        W, b = params["W"], params["b"]
+        z = x @ W + b.reshape((1,) * (x.ndim - 1) + b.shape)
+        return z, x  # the backward needs A
+
+    def backward(self, params, cache, dy):
+        a, delta, W = cache, dy, params["W"]
+        a2, delta2 = a.reshape(-1, a.shape[-1]), delta.reshape(-1, delta.shape[-1])
+        grads = {"W": a2.T @ delta2, "b": jnp.sum(delta2, axis=0)}  # A^T G, 1^T G
+        return grads, delta @ W.T  # dJ/dA = G W^T
+
+    def sq_norms(self, params, cache, dy):
+        a, delta = cache, dy
+        if a.ndim == 2:  # one row per example
+            return (sum_rows(a) + 1) * sum_rows(delta)
+        m, n_in, n_out = a.shape[0], a.shape[-1], delta.shape[-1]
+        a, delta = a.reshape(m, -1, n_in), delta.reshape(m, -1, n_out)
+        T = a.shape[1]
+        if T * T * (n_in + n_out) < T * n_in * n_out:  # Gram form
+            w = jnp.sum(jnp.einsum("mtk,msk->mts", a, a) * jnp.einsum("mtj,msj->mts", delta, delta),
+                        axis=(1, 2))
+        else:  # direct form
+            w = sum_rows(jnp.einsum("mtk,mtj->mkj", a, delta))
+        return w + sum_rows(jnp.sum(delta, axis=1))
