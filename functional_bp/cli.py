@@ -640,10 +640,13 @@ def add_check(sub):
     p.add_argument("--batch", type=positive_int, default=32,
                    help="rows of the batch [32]")
     p.add_argument("--l2", type=non_negative_float, default=0.0, help="weight decay [0]")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="[0]")
-    p.add_argument("--float64", action="store_true", help="check in float64 (tolerance 1e-10)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="fixes the random network and batch [0]")
+    p.add_argument("--float64", action="store_true",
+                   help="check in float64 (tolerance 1e-10) [off: float32, tolerance 2e-5]")
     p.add_argument("--finite-differences", action="store_true",
-                   help="also compare with float64 central differences (smooth activations)")
+                   help="also compare with float64 central differences (smooth "
+                   "activations) [off]")
     return p
 
 
