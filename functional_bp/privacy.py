@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _validate, per_example
+
 SAMPLINGS = ("poisson", "shuffle")
 ACCOUNTANTS = ("rdp", "pld")
 OVERFLOW_PROBABILITY = 1e-6
@@ -582,24 +584,29 @@ def poisson_batch(key, num_examples: int, sampling_probability, capacity: int, c
 
 # ----------------------------------------------------------------- the private step
 
+def _weighted_clipped_sum_traced(params, x, y, weights, clip_norm, *, view, loss):
+    dtype = _validate.network_dtype(params)
+    grads = per_example.clipped_sum_from_arrays(
+        params, x, y, jnp.asarray(clip_norm, dtype), jnp.zeros((), dtype), None, view=view,
+        loss=loss, weights=weights.astype(dtype), noise_scale=1.0)
+    return view.grads(grads)
+
+
+# The core's weighted clipped sum, jitted with its input checks run while tracing.
+_weighted_clipped_sum = _validate.jit_with_checks(_weighted_clipped_sum_traced)
+
+
 def _clipped_sum(params, x, y, weights, clip_norm, activations, loss):
     """sum_i w_i clip(g_i, C) over the rows of a padded batch (w_i in {0, 1}).
 
-    Bridge until the core takes per-example weights: the per-example
-    gradients (O(m x number of parameters) memory) from the public
-    ``per_example_grads``, their norms from the public
-    ``per_example_grad_norms``, and the core's clip factors. With a weighted
-    clipped sum in the core (``sum_i w_i c_i g_i``, i.e. dW^l = A^{l-1,T}
-    (w c ⊙ G^l) from one backward pass) this becomes one call and costs one
-    ordinary gradient.
+    One backward pass with each example's weight 1, the norms from the
+    cotangents, then each layer's parameter backward on its cotangent with
+    row i scaled by w_i c_i: dW^l = A^{l-1,T} (w c ⊙ G^l) for the dense chain
+    (``per_example.clipped_sum_from_arrays``, without its noise: the noise is
+    added once per step, after every chunk, by :func:`_noisy_mean`).
     """
-    from . import per_example  # the core: clip factors and per-example gradients
-
-    grads = per_example.per_example_grads(params, (x, y), activations=activations, loss=loss)
-    norms = per_example.per_example_grad_norms(params, (x, y), activations=activations,
-                                               loss=loss)
-    v = weights * per_example.clip_factors(norms, jnp.asarray(clip_norm, norms.dtype))
-    return jax.tree_util.tree_map(lambda g: jnp.tensordot(v, g, axes=1), grads)
+    model = _validate.resolve_model(activations, None)
+    return _weighted_clipped_sum(params, (x, y), (weights, clip_norm), model, loss)
 
 
 def gaussian_noise(key, like, std):
