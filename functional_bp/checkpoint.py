@@ -34,6 +34,7 @@ import tempfile
 import zipfile
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -52,14 +53,17 @@ class Checkpoint(NamedTuple):
     """Everything in a checkpoint file.
 
     Attributes:
-      params: list of ``{"W", "b"}`` dicts (jax arrays).
-      metadata: the JSON metadata (sizes, activations, loss, version, ...).
+      params: list of ``{"W", "b"}`` dicts (jax arrays), or a network's params.
+      metadata: the JSON metadata (sizes or network, activations, loss, version, ...).
       extra: dict of the extra numpy arrays saved alongside.
+      network: the :class:`functional_bp.layers.Sequential` rebuilt from the
+        metadata, or None for an MLP checkpoint.
     """
 
     params: list
     metadata: dict
     extra: dict
+    network: Any = None
 
 
 def _names(spec):
@@ -72,14 +76,22 @@ def _umask() -> int:
     return mask
 
 
-def save_params(path, params, *, activations=None, loss=None, metadata=None,
+def _leaf_name(path) -> str:
+    """'p/2/1/W' for params[2][1]["W"]."""
+    return "p/" + "/".join(str(getattr(k, "idx", getattr(k, "key", k))) for k in path)
+
+
+def save_params(path, params, *, activations=None, network=None, loss=None, metadata=None,
                 extra=None):
     """Write ``params`` (and metadata, extra arrays) to ``path`` atomically.
 
     Args:
       path: the target file (conventionally ``*.npz``; the name is kept as given).
-      params: list of ``{"W": (n_{l-1}, n_l), "b": (n_l,)}`` dicts.
+      params: list of ``{"W": (n_{l-1}, n_l), "b": (n_l,)}`` dicts, or the
+        params of ``network``.
       activations: optional, one name per layer; recorded in the metadata.
+      network: the :class:`functional_bp.layers.Sequential` the params belong
+        to; recorded (layer types and options) so that loading rebuilds it.
       loss: optional loss name; recorded in the metadata.
       metadata: optional JSON-serialisable dict merged into the metadata.
       extra: optional dict name -> array, stored as ``extra/<name>``.
@@ -89,20 +101,24 @@ def save_params(path, params, *, activations=None, loss=None, metadata=None,
     """
     from . import __version__
 
-    sizes = _validate.check_params(params)
     meta = dict(metadata or {})
-    meta.update(
-        format=FORMAT,
-        version=__version__,
-        sizes=sizes,
-        dtype=str(jnp.dtype(_validate.params_dtype(params))),
-        activations=_names(activations),
-        loss=getattr(loss, "name", loss),
-    )
-    arrays = {_META: np.array(json.dumps(meta))}
-    for l, layer in enumerate(params, start=1):
-        arrays[f"W{l}"] = np.asarray(layer["W"])
-        arrays[f"b{l}"] = np.asarray(layer["b"])
+    meta.update(format=FORMAT, version=__version__, loss=getattr(loss, "name", loss))
+    if network is not None:
+        from .layers import to_config
+
+        meta.update(network=to_config(network), sizes=None,
+                    dtype=str(jnp.dtype(_validate.network_dtype(params))))
+        arrays = {_leaf_name(p): np.asarray(v)
+                  for p, v in jax.tree_util.tree_leaves_with_path(params)}
+    else:
+        sizes = _validate.check_params(params)
+        meta.update(sizes=sizes, dtype=str(jnp.dtype(_validate.params_dtype(params))),
+                    activations=_names(activations))
+        arrays = {}
+        for l, layer in enumerate(params, start=1):
+            arrays[f"W{l}"] = np.asarray(layer["W"])
+            arrays[f"b{l}"] = np.asarray(layer["b"])
+    arrays[_META] = np.array(json.dumps(meta))
     for name, value in (extra or {}).items():
         arrays[_EXTRA + name] = np.asarray(value)
 
@@ -220,6 +236,8 @@ def _metadata(path, arrays) -> dict:
             f"{path}: unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
             f"expected {FORMAT!r}"
         )
+    if "network" in meta:
+        return meta
     sizes = meta.get("sizes")
     if not (isinstance(sizes, list) and len(sizes) >= 2
             and all(isinstance(n, int) and n > 0 for n in sizes)):
@@ -243,6 +261,10 @@ def load_checkpoint(path, *, sizes=None) -> Checkpoint:
     path = os.fspath(path)
     arrays = _read_all(path)
     meta = _metadata(path, arrays)
+    extra = {k[len(_EXTRA):]: v for k, v in arrays.items() if k.startswith(_EXTRA)}
+    if "network" in meta:
+        network, params = _network_params(path, meta, arrays)
+        return Checkpoint(params, meta, extra, network)
     recorded = meta["sizes"]
     if sizes is not None and list(sizes) != recorded:
         raise CheckpointError(
@@ -269,8 +291,32 @@ def load_checkpoint(path, *, sizes=None) -> Checkpoint:
                 )
             layer[name] = jnp.asarray(a)
         params.append(layer)
-    extra = {k[len(_EXTRA):]: v for k, v in arrays.items() if k.startswith(_EXTRA)}
     return Checkpoint(params, meta, extra)
+
+
+def _network_params(path, meta, arrays):
+    """(network, params) of a network checkpoint: the structure from the network, leaves by name."""
+    from .layers import from_config
+    from .layers.config import skeleton
+
+    try:
+        network = from_config(meta["network"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: the recorded network cannot be rebuilt: {e}") from None
+    params = skeleton(network)
+    names = sorted(k for k in arrays if k.startswith("p/"))
+    for name in names:
+        *where, leaf = name[2:].split("/")
+        node = params
+        try:
+            for k in where:
+                node = node[int(k)]
+        except (IndexError, ValueError, TypeError):
+            raise CheckpointError(f"{path}: entry {name} does not fit the recorded network") from None
+        if not isinstance(node, dict) or not np.issubdtype(arrays[name].dtype, np.floating):
+            raise CheckpointError(f"{path}: entry {name} does not fit the recorded network")
+        node[leaf] = jnp.asarray(arrays[name])
+    return network, params
 
 
 def load_params(path, *, sizes=None) -> list:

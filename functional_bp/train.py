@@ -46,9 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate
-from .backprop import backprop_from_arrays
+from .backprop import backprop_from_arrays, backprop_net_arrays
 from .checkpoint import CheckpointError, load_checkpoint, save_params
+from .layers import Dropout, Layer
 from .mlp import forward_trace
+from .network import NetworkView
+from .network import forward as network_forward
 from .parallel import DataParallelStep, check_mesh
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -59,7 +62,7 @@ class TrainState(NamedTuple):
     """Everything that determines the rest of a run.
 
     Attributes:
-      params: list of ``{"W", "b"}`` dicts.
+      params: list of ``{"W", "b"}`` dicts, or a network's params.
       opt_state: the optimizer's state (a pytree).
       key: the base key of the shuffle schedule; epoch e uses ``fold_in(key, e)``.
       epoch: the number of epochs completed.
@@ -179,10 +182,24 @@ def _apply(params, updates):
 
 
 # --- one step, one epoch -----------------------------------------------------
-def _step_grads(params, x, y, w, l2, activations, loss):
-    """(J_B, dJ_B/dparams) on one minibatch, weights w (B,) in place of 1/B."""
-    r = backprop_from_arrays(params, x, y, l2, activations, loss, weights=w)
+def _step_grads(params, x, y, w, l2, activations, loss, key=None):
+    """(J_B, dJ_B/dparams) on one minibatch, weights w (B,) in place of 1/B.
+
+    ``activations`` is the model: the activations tuple (the MLP) or a
+    network, whose Dropout layers draw their masks from ``key``.
+    """
+    if isinstance(activations, Layer):
+        r = backprop_net_arrays(params, x, y, l2, key, view=NetworkView(activations), loss=loss,
+                                weights=w)
+    else:
+        r = backprop_from_arrays(params, x, y, l2, activations, loss, weights=w)
     return r.loss, r.grads
+
+
+def _uses_key(model) -> bool:
+    """Whether the model has a Dropout layer that is active in training."""
+    return isinstance(model, Layer) and any(
+        isinstance(layer, Dropout) and layer.rate > 0 for layer in model.leaves())
 
 
 def _step_grads_on(mesh):
@@ -214,16 +231,20 @@ def _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer, batch
     ``step_grads`` computes one step's ``(J_B, G)``; a variant with the same
     signature (e.g. one that splits the batch over devices) can replace it.
     """
-    idx, weights = batch_plan(key, x.shape[0], batch_size, x.dtype)
+    idx, weights = batch_plan(key, x.shape[0], batch_size, y.dtype)
+    # Dropout masks: one key per step, apart from the shuffle's key.
+    step_keys = jax.random.split(jax.random.fold_in(key, 1), idx.shape[0])
+    with_key = _uses_key(activations)
 
     def step(carry, batch):
         params, opt_state = carry
-        i, w = batch
-        J, G = step_grads(params, x[i], y[i], w, l2, activations, loss)
+        i, w, k = batch
+        J, G = step_grads(params, x[i], y[i], w, l2, activations, loss, *([k] if with_key else []))
         updates, opt_state = optimizer.update(G, opt_state, params)
         return (_apply(params, updates), opt_state), J
 
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (idx, weights))
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
+                                               (idx, weights, step_keys))
     return params, opt_state, losses
 
 
@@ -237,7 +258,10 @@ def _train_epoch(params, opt_state, base_key, epoch, x, y, l2, *, activations, l
 
 
 def _metrics_of(params, x, y, labels, activations, loss):
-    a = forward_trace(params, x, activations)[1][-1]
+    if isinstance(activations, Layer):  # a network, in evaluation mode (no dropout)
+        a = network_forward(activations, params, x)[0]
+    else:
+        a = forward_trace(params, x, activations)[1][-1]
     out = {"loss": jnp.mean(loss.value(a, y))}
     if labels is not None:
         out["accuracy"] = jnp.mean(jnp.argmax(a, axis=-1) == labels)
@@ -263,18 +287,39 @@ def _fit_epoch(params, opt_state, base_key, epoch, x, y, l2, sets, *, activation
 
 
 # --- validation ----------------------------------------------------------------
-def _prepare(params, data, activations, loss):
-    """Validate once; return (acts, Loss, x, targets, labels or None)."""
-    x, y = _validate.check_batch(data)
+def _prepare(params, data, model, loss):
+    """Validate once; return (model, Loss, x, targets, labels or None).
+
+    ``model`` comes back static and resolved: the activations tuple or the network.
+    """
+    x, y = _validate.array_batch(data)
     y_shape = tuple(np.shape(y))
     y_dtype = getattr(y, "dtype", np.asarray(y).dtype)
     labels = None
     if len(y_shape) == 1 and jnp.issubdtype(y_dtype, jnp.integer):
-        n_L = _validate.check_params(params)[-1]
+        if isinstance(model, Layer):
+            n_L = _validate.check_network_x(x, model, params)[1][0]
+            dtype = _validate.network_dtype(params)
+        else:
+            n_L = _validate.check_params(params)[-1]
+            dtype = _validate.params_dtype(params)
         labels = jnp.asarray(y, dtype=jnp.int32)
-        y = jax.nn.one_hot(labels, n_L, dtype=_validate.params_dtype(params))
-    acts, loss, x, y = _validate.prepare(params, (x, y), activations, loss)
-    return acts, loss, x, y, labels
+        y = jax.nn.one_hot(labels, n_L, dtype=dtype)
+    view, _, loss, x, y = _validate.prepare_model(params, (x, y), model, loss)
+    if not isinstance(model, Layer):
+        model = tuple(layer.fn for layer in view.net.layers[1::2])
+    return model, loss, x, y, labels
+
+
+def _model(activations, network, mesh=None):
+    """The static model of a training call (activations tuple or network)."""
+    model = _validate.resolve_model(activations, network)
+    if mesh is not None and _uses_key(model):
+        raise ValueError(
+            "training with Dropout and mesh= is not supported: the data-parallel step runs "
+            "without dropout masks; drop mesh= or the Dropout layers"
+        )
+    return _validate.static_config(model)[0]
 
 
 def _check_batch_size(batch_size):
@@ -286,20 +331,28 @@ def _check_batch_size(batch_size):
 
 # --- public API --------------------------------------------------------------------
 def init_state(params, *, optimizer, key) -> TrainState:
-    """A fresh :class:`TrainState`: epoch 0, ``optimizer.init(params)``."""
-    _validate.check_params(params)
+    """A fresh :class:`TrainState`: epoch 0, ``optimizer.init(params)``.
+
+    ``params`` are an MLP's (``init_mlp``) or a network's (``network.init``);
+    they are checked against the model by :func:`fit`.
+    """
+    if not isinstance(params, (list, tuple)) or not params:
+        raise TypeError(
+            "params must be a non-empty list, as returned by init_mlp or network.init; got "
+            f"{type(params).__name__}"
+        )
     return TrainState(params, optimizer.init(params), key, 0)
 
 
-def train_epoch(state: TrainState, data, *, activations, loss, optimizer, batch_size,
-                l2=0.0, mesh=None):
+def train_epoch(state: TrainState, data, *, activations=None, network=None, loss, optimizer,
+                batch_size, l2=0.0, mesh=None):
     """One epoch over ``data = (x, y)``: returns ``(new_state, minibatch_losses)``.
 
     ``minibatch_losses`` has one J_B per step, shape (ceil(m / B),). With a
     ``mesh``, each step's minibatch is split over its ``"data"`` axis (see
     :func:`fit`).
     """
-    acts, loss, x, y, _ = _prepare(state.params, data, activations, loss)
+    acts, loss, x, y, _ = _prepare(state.params, data, _model(activations, network, mesh), loss)
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
     params, opt_state, losses = _train_epoch(
         state.params, state.opt_state, state.key, state.epoch, x, y, l2,
@@ -308,13 +361,13 @@ def train_epoch(state: TrainState, data, *, activations, loss, optimizer, batch_
     return TrainState(params, opt_state, state.key, state.epoch + 1), losses
 
 
-def evaluate(params, data, *, activations, loss) -> dict:
+def evaluate(params, data, *, activations=None, network=None, loss) -> dict:
     """``{"loss": mean L}`` over ``data = (x, y)``, plus ``"accuracy"`` for labels.
 
     The loss is the mean per-example loss L (without the l2 term); accuracy is
     the share of rows whose largest output is the label.
     """
-    acts, loss, x, y, labels = _prepare(params, data, activations, loss)
+    acts, loss, x, y, labels = _prepare(params, data, _model(activations, network), loss)
     out = _metrics(params, {"data": (x, y, labels)}, activations=acts, loss=loss)
     return {k: float(v) for k, v in out["data"].items()}
 
@@ -327,7 +380,8 @@ def _record(epoch, metrics):
     return record
 
 
-def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, epochs,
+def fit(state: TrainState, train, test=None, *, activations=None, network=None, loss,
+        optimizer, epochs,
         batch_size=32, l2=0.0, callback=None, mesh=None, val=None):
     """Train for ``epochs`` more epochs from ``state``; evaluate after each one.
 
@@ -338,7 +392,9 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
       test: optional held-out ``(x, y)`` of the same kind.
       val: optional validation ``(x, y)`` of the same kind, evaluated after each
         epoch as ``val_loss`` (and ``val_accuracy``): what early stopping watches.
-      activations: one name or Activation per layer (static).
+      activations: one name or Activation per layer (static), for the dense chain, or
+      network: a :class:`functional_bp.layers.Sequential` (static); its Dropout
+        layers draw a fresh mask each step from the state's key.
       loss: a loss name or Loss (static).
       optimizer: anything with optax's ``init``/``update`` (``sgd``,
         ``make_optimizer``, any ``optax.GradientTransformation``).
@@ -367,7 +423,8 @@ def fit(state: TrainState, train, test=None, *, activations, loss, optimizer, ep
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
-    acts, loss, x, y, labels = _prepare(state.params, train, activations, loss)
+    acts, loss, x, y, labels = _prepare(state.params, train, _model(activations, network, mesh),
+                                        loss)
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
     step_grads = _step_grads_on(mesh)
     sets = {"train": (x, y, labels)}
@@ -477,7 +534,8 @@ class EarlyStopping:
 
 
 # --- saving and resuming ------------------------------------------------------------
-def save_state(path, state: TrainState, *, activations=None, loss=None, metadata=None):
+def save_state(path, state: TrainState, *, activations=None, network=None, loss=None,
+               metadata=None):
     """Write params, optimizer state, key schedule and epoch to one checkpoint.
 
     The optimizer state is flattened with ``jax.tree_util``; its leaves are
@@ -489,12 +547,15 @@ def save_state(path, state: TrainState, *, activations=None, loss=None, metadata
     extra["key"] = jax.random.key_data(state.key)
     extra["epoch"] = np.asarray(state.epoch, dtype=np.int64)
     meta = dict(metadata or {}, epoch=int(state.epoch), opt_leaves=len(leaves))
-    return save_params(path, state.params, activations=activations, loss=loss,
+    return save_params(path, state.params, activations=activations, network=network, loss=loss,
                        metadata=meta, extra=extra)
 
 
 def load_state(path, *, optimizer, sizes=None):
     """Read a checkpoint written by :func:`save_state`: ``(TrainState, metadata)``.
+
+    For a network checkpoint, the rebuilt network is
+    ``functional_bp.layers.from_config(metadata["network"])``.
 
     Raises:
       CheckpointError: the file holds no training state, or its optimizer state

@@ -20,6 +20,7 @@ of ``activations=``::
 
 from .activation import Activation
 from .base import Layer
+from .config import from_config, to_config
 from .dense import Dense
 from .dropout import Dropout
 from .flatten import Flatten
@@ -35,4 +36,6 @@ __all__ = [
     "LayerNorm",
     "Residual",
     "Sequential",
+    "from_config",
+    "to_config",
 ]

@@ -77,6 +77,11 @@ class Sequential(Layer):
     def integer_input(self):
         return bool(self.layers) and self.layers[0].integer_input
 
+    def leaves(self):
+        """Every leaf layer, depth first."""
+        for layer in self.layers:
+            yield from (layer.leaves() if isinstance(layer, Sequential) else (layer,))
+
     # --- init and shapes --------------------------------------------------
     def init_with_shape(self, key, input_shape, dtype=jnp.float32):
         shape = tuple(input_shape)

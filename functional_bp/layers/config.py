@@ -1,0 +1,70 @@
+"""A network as JSON-ready data, and back: what checkpoints record.
+
+``to_config(net)`` gives nested dicts such as
+``{"type": "Sequential", "layers": [{"type": "Dense", "features": 10, "scale": 2.0}, ...]}``;
+``from_config`` rebuilds an equal (``==``) network. Built-in activations are
+stored by name; a user's own activation (functions) cannot be stored and
+raises, naming the layer.
+
+Example::
+
+    >>> from functional_bp import layers as fl
+    >>> net = fl.Sequential(fl.Dense(8), fl.Activation("relu"), fl.Residual(fl.Dense(8)))
+    >>> fl.from_config(fl.to_config(net)) == net
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..activations import ACTIVATIONS
+from .base import Layer
+from .sequential import Sequential
+
+
+def _registry():
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    return {cls.__name__: cls for cls in subclasses(Layer)}
+
+
+def to_config(layer: Layer) -> dict:
+    """The layer (or network) as a dict of its type and options, JSON-ready."""
+    if isinstance(layer, Sequential):
+        return {"type": type(layer).__name__, "layers": [to_config(l) for l in layer.layers]}
+    config = {"type": type(layer).__name__}
+    for field in dataclasses.fields(layer):
+        value = getattr(layer, field.name)
+        if field.name == "fn":  # an Activation layer's function pair
+            if ACTIVATIONS.get(value.name) is not value:
+                raise ValueError(
+                    f"{layer!r}: a user-defined activation cannot be written to a checkpoint "
+                    "(it is code); use a built-in name, or save the params alone"
+                )
+            value = value.name
+        config[field.name] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def from_config(config: dict) -> Layer:
+    """The layer (or network) that :func:`to_config` described."""
+    registry = _registry()
+    kind = config.get("type") if isinstance(config, dict) else None
+    if kind not in registry:
+        raise ValueError(f"unknown layer type {kind!r} in a network description; known: "
+                         f"{sorted(registry)}")
+    cls = registry[kind]
+    if issubclass(cls, Sequential):
+        return cls(*(from_config(c) for c in config.get("layers", [])))
+    options = {k: (tuple(v) if isinstance(v, list) else v)
+               for k, v in config.items() if k != "type"}
+    return cls(**options)
+
+
+def skeleton(net: Sequential) -> list:
+    """The params structure with no arrays: ``{}`` per leaf layer, lists for containers."""
+    return [skeleton(l) if isinstance(l, Sequential) else {} for l in net.layers]
