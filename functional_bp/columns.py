@@ -15,9 +15,13 @@ delta^l := dJ/dZ^l of shape (n_l, m)::
     dJ/db^l = delta^l summed over the columns   (n_l, 1)
     dJ/dX   = W^{1,T} delta^1                   (n_0, m)
 
-Everything here is written in these equations, not by transposing the row
-code; :func:`to_columns` and :func:`to_rows` convert params exactly (a
-transpose and a reshape, no arithmetic).
+These are the row equations of :mod:`functional_bp.backprop` transposed,
+term by term (Z^l = (A^{l-1,T} W^{l,T} + b^{l,T})^T, and so on), so the
+code does exactly that: it checks the column-layout shapes, transposes the
+inputs and params (no arithmetic), runs the layers engine's one backward pass,
+and transposes every result back. The dense layer's backward lives in one
+place (:mod:`functional_bp.layers.dense`). :func:`to_columns` and
+:func:`to_rows` convert params exactly (a transpose and a reshape).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 from . import _validate
 from .backprop import Backprop
+from .backprop import backprop_from_arrays as row_backprop
 from .losses import get_loss
 
 
@@ -111,34 +116,17 @@ def _prepare(params, batch, activations, loss):
     return acts, loss, x, y
 
 
-def _columnwise(f, out_axis):
-    """A per-example loss function (rows) applied to each column."""
-    return jax.vmap(f, in_axes=(1, 1), out_axes=out_axis)
-
-
 def backprop_from_arrays(params, x, y, l2, activations, loss) -> Backprop:
-    """The column-form recursion on validated arrays (x (n_0, m), y (n_L, m))."""
-    m = x.shape[1]
-    zs, As = [], [x]
-    for layer, act in zip(params, activations):  # forward: Z^l = W^l A^{l-1} + b^l
-        z = layer["W"] @ As[-1] + layer["b"]
-        zs.append(z)
-        As.append(act.g(z))
-    J = (jnp.sum(_columnwise(loss.value, 0)(As[-1], y)) / m
-         + 0.5 * l2 * sum(jnp.sum(layer["W"] ** 2) for layer in params))
+    """The column-layout Backprop on validated arrays (x (n_0, m), y (n_L, m)).
 
-    L = len(params)
-    grads, deltas = [None] * L, [None] * L
-    delta = (_columnwise(loss.grad, 1)(As[-1], y) / m) * activations[-1].dg(zs[-1])
-    for l in reversed(range(L)):  # l indexes layer l+1 of the equations
-        W, a_prev = params[l]["W"], As[l]
-        deltas[l] = delta
-        grads[l] = {"W": delta @ a_prev.T + l2 * W,
-                    "b": jnp.sum(delta, axis=1, keepdims=True)}
-        back = W.T @ delta  # dJ/dA^l = W^{l+1,T} delta^{l+1}
-        if l > 0:
-            delta = back * activations[l - 1].dg(zs[l - 1])
-    return Backprop(loss=J, grads=grads, deltas=deltas, input_grad=back)
+    Transposes in, the row engine's backward, transposes out: delta^l (n_l, m) is
+    the transpose of the row layout's G^l.
+    """
+    rows = [{"W": p["W"].T, "b": p["b"][:, 0]} for p in params]
+    r = row_backprop(rows, x.T, y.T, l2, activations, loss)
+    grads = [{"W": g["W"].T, "b": g["b"][:, None]} for g in r.grads]
+    return Backprop(loss=r.loss, grads=grads, deltas=[d.T for d in r.deltas],
+                    input_grad=r.input_grad.T)
 
 
 @partial(jax.jit, static_argnames=("activations", "loss"))
