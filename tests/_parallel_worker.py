@@ -189,6 +189,25 @@ def test_data_parallel_training_equals_one_device(dtype):
             assert abs(a["train_loss"] - b["train_loss"]) <= rtol * abs(b["train_loss"])
 
 
+# --- networks (network=): the same split, any layers --------------------------------
+@pytest.mark.parametrize("m", [3, 7])
+def test_network_data_parallel_equals_reference(m):
+    from functional_bp import layers as fl
+
+    net = fl.Sequential(fl.Dense(6), fl.Activation("gelu"),
+                        fl.Residual(fl.LayerNorm(), fl.Dense(6), fl.Activation("tanh")),
+                        fl.Dense(3))
+    with jax.enable_x64(True):
+        params = net.init(jax.random.key(m), (4,), dtype=jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (m, 4), jnp.float64)
+        y = jax.random.randint(jax.random.key(2), (m,), 0, 3)
+        kw = dict(network=net, loss="softmax_cross_entropy", l2=0.1)
+        J, grads = fbp.data_parallel_value_and_grad(params, (x, y), **kw)
+        J_ref, ref = jax.value_and_grad(lambda p: fbp.objective(p, (x, y), **kw))(params)
+        assert_tree_close(J, J_ref, rtol_for(jnp.float64), "loss")
+        assert_tree_close(grads, ref, rtol_for(jnp.float64), "grads")
+
+
 def test_cli_devices(tmp_path):
     """functional-bp train --devices 4 writes the same params as --devices 1."""
     from functional_bp.cli import main
