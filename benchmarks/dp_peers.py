@@ -1,0 +1,420 @@
+"""The DP-SGD clipped gradient side by side with its peers, on the same model and weights.
+
+Every implementation computes the clipped mean (1/m) sum_i g_i min(1, C/||g_i||)
+of one batch (softmax cross-entropy, relu hidden layers, float32, C = 1), from
+the same weights and data:
+
+- ``functional_bp.clipped_grad``: norms and clipping from the rows of the
+  deltas, one weighted backward pass;
+- ``privacy.private_batch_grad``: the private step of a padded batch (all
+  rows real here) through :mod:`functional_bp.privacy`, timed with its noise
+  (sigma = 1, one normal per parameter) and checked without it;
+  (and without it, sigma = 0: the clipping alone);
+- ``functional_bp.grad``: the ordinary (non-private) gradient, for the ratio
+  "private step / non-private step";
+- ``jax.vmap(jax.grad) + clip``: the per-example gradients of the plain
+  objective, clipped and averaged (also the agreement reference);
+- ``jax-privacy clipped_grad``: ``jax_privacy.clipping.clipped_grad`` with
+  ``normalize_by=m``, under ``jax.jit``;
+- ``opacus ghost clipping``: ``GradSampleModuleFastGradientClipping`` with
+  ``DPOptimizerFastGradientClipping`` and ``DPLossFastGradientClipping``
+  (two backward passes), noise 0, ``pre_step()``;
+- ``opacus per-sample hooks``: ``GradSampleModule`` with ``DPOptimizer``,
+  noise 0, ``pre_step()``.
+
+torch, opacus and jax-privacy are optional: each missing one is skipped with a
+printed note. torch runs on the CPU with 2 threads; JAX's CPU backend uses the
+2 cores of this machine.
+
+First every implementation is compared with the reference, leaf by leaf
+(max|a - b| / max|b|); then all are timed in randomised alternating blocks
+(:func:`timing.compare`, with a settling pause and one untimed call at each
+switch, since the per-example routes free gigabytes that land on whoever runs
+next). Temporary memory is XLA's ``memory_analysis()`` of the compiled
+program (JAX implementations only; torch's is not measured). The table goes
+into ``benchmarks/RESULTS.md`` as its own block (``report.write_block``),
+leaving the other blocks as they are.
+
+Run::
+
+    python benchmarks/dp_peers.py                 # both shapes, ~5 min on 2 cores
+    python benchmarks/dp_peers.py --shapes small --blocks 2 --out /tmp/r.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import shlex
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import report  # noqa: E402
+import timing  # noqa: E402
+from report import fmt_time, table  # noqa: E402
+
+import functional_bp as fbp  # noqa: E402
+from functional_bp import privacy  # noqa: E402
+
+SHAPES = {"mnist-wide": ([784, 1024, 1024, 10], 256), "small": ([64, 128, 10], 128)}
+CLIP_NORM = 1.0
+THREADS = 2
+OURS = "functional_bp.clipped_grad"
+PRIVATE = "privacy.private_batch_grad (sigma=1)"
+PRIVATE0 = "privacy.private_batch_grad (sigma=0)"
+PLAIN = "functional_bp.grad (non-private)"
+REF = "jax.vmap(jax.grad) + clip"
+JAXP = "jax-privacy clipped_grad"
+GHOST = "opacus ghost clipping"
+HOOKS = "opacus per-sample hooks"
+TARGET_PRIVATE_OVER_PLAIN = 1.1
+AGREEMENT = 1e-4  # float32: per-leaf relative, with margin for summation order
+
+
+def problem(sizes, m, seed=0):
+    """params, (x, integer labels), and the call's configuration, float32."""
+    kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
+    params = fbp.init_mlp(kp, sizes)
+    x = jax.random.normal(kx, (m, sizes[0]), jnp.float32)
+    y = jax.random.randint(ky, (m,), 0, sizes[-1])
+    kw = dict(activations=("relu",) * (len(sizes) - 2) + ("identity",),
+              loss="softmax_cross_entropy")
+    return params, x, y, kw
+
+
+def reference(kw, clip_norm):
+    """jitted (params, x, y) -> the clipped mean, by jax.vmap(jax.grad) of the plain objective."""
+    def L_i(params, x_i, y_i):
+        return fbp.objective(params, (x_i[None, :], y_i[None]), **kw)
+
+    def clipped_mean(params, x, y):
+        g = jax.vmap(jax.grad(L_i), in_axes=(None, 0, 0))(params, x, y)
+        leaves = jax.tree_util.tree_leaves(g)
+        norms = jnp.sqrt(sum(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1) for v in leaves))
+        c = jnp.minimum(1.0, clip_norm / norms)
+        return jax.tree_util.tree_map(lambda v: jnp.tensordot(c, v, axes=1) / x.shape[0], g)
+
+    return jax.jit(clipped_mean)
+
+
+def temp_bytes(fn, *args) -> float:
+    """Temporary buffers of ``jax.jit(fn)``'s compiled program, from XLA (NaN if unknown)."""
+    ma = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return float(ma.temp_size_in_bytes) if ma is not None else float("nan")
+
+
+def max_rel_error(ours, ref) -> float:
+    errs = []
+    for o, r in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+        o, r = np.asarray(o, np.float64), np.asarray(r, np.float64)
+        if o.shape != r.shape:
+            return float("inf")
+        scale = np.max(np.abs(r))
+        errs.append(np.max(np.abs(o - r)) / scale if scale > 0 else np.max(np.abs(o)))
+    return float(max(errs))
+
+
+def _ready(fn):
+    return lambda: jax.block_until_ready(fn())
+
+
+def _optional(name, notes):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        note = f"{name} is not installed: its rows are skipped (pip install {name.replace('_', '-')})"
+        print("note:", note)
+        notes.append(note)
+        return None
+
+
+# ----------------------------------------------------------------- JAX implementations
+
+def jax_impls(params, x, y, kw, clip_norm, notes):
+    """name -> (callable, result for the agreement check or None, temporary bytes)."""
+    impls = {}
+    ours = partial(fbp.clipped_grad, clip_norm=clip_norm, **kw)
+    impls[OURS] = (lambda: ours(params, (x, y)), ours(params, (x, y)),
+                   temp_bytes(lambda p, a, b: ours(p, (a, b)), params, x, y))
+
+    m = x.shape[0]
+    plans = {s: privacy.DPConfig(clip_norm=clip_norm, noise_multiplier=s, accountant=None).plan(
+        num_examples=m, batch_size=m, steps=1) for s in (0.0, 1.0)}
+    ones, key = jnp.ones((m,), jnp.float32), jax.random.key(0)
+    step = {s: partial(privacy.private_batch_grad, plan=plans[s], **kw) for s in plans}
+    impls[PRIVATE] = (lambda: step[1.0](params, (x, y), ones, key),
+                      step[0.0](params, (x, y), ones, key),  # the same step without noise
+                      temp_bytes(lambda p, a, b: step[1.0](p, (a, b), ones, key), params, x, y))
+    impls[PRIVATE0] = (lambda: step[0.0](params, (x, y), ones, key),
+                       step[0.0](params, (x, y), ones, key),
+                       temp_bytes(lambda p, a, b: step[0.0](p, (a, b), ones, key), params, x, y))
+
+    plain = partial(fbp.grad, **kw)
+    impls[PLAIN] = (lambda: plain(params, (x, y)), None,
+                    temp_bytes(lambda p, a, b: plain(p, (a, b)), params, x, y))
+
+    ref = reference(kw, clip_norm)
+    impls[REF] = (lambda: ref(params, x, y), ref(params, x, y), temp_bytes(ref, params, x, y))
+
+    jp = _optional("jax_privacy", notes)
+    if jp is not None:
+        from jax_privacy import clipping
+
+        def loss_fn(p, xb, yb):  # xb: one example with a batch axis of 1 (keep_batch_dim)
+            return fbp.objective(p, (xb, yb), **kw)
+
+        g = jax.jit(clipping.clipped_grad(loss_fn, l2_clip_norm=clip_norm, batch_argnums=(1, 2),
+                                          normalize_by=float(m)))
+        impls[JAXP] = (lambda: g(params, x, y), g(params, x, y), temp_bytes(g, params, x, y))
+    return impls
+
+
+def jax_privacy_variant_s(params, x, y, kw, clip_norm, *, jit, nan_safe, reps=2) -> float:
+    """Seconds per call of a variant of jax-privacy's clipped_grad (after one untimed call)."""
+    from jax_privacy import clipping
+
+    def loss_fn(p, xb, yb):
+        return fbp.objective(p, (xb, yb), **kw)
+
+    g = clipping.clipped_grad(loss_fn, l2_clip_norm=clip_norm, batch_argnums=(1, 2),
+                              normalize_by=float(x.shape[0]), nan_safe=nan_safe)
+    g = jax.jit(g) if jit else g
+    jax.block_until_ready(g(params, x, y))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        jax.block_until_ready(g(params, x, y))
+    return (time.perf_counter() - t0) / reps
+
+
+# ----------------------------------------------------------------- torch implementations
+
+def torch_impls(params, x, y, clip_norm, notes):
+    torch = _optional("torch", notes)
+    if torch is None:
+        return {}
+    opacus = _optional("opacus", notes)
+    if opacus is None:
+        return {}
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    torch.set_num_threads(THREADS)
+    m = x.shape[0]
+    tx = torch.from_numpy(np.array(x))
+    ty = torch.from_numpy(np.array(y, dtype=np.int64))
+
+    def model():
+        layers = []
+        for l, p in enumerate(params):
+            lin = torch.nn.Linear(*np.shape(p["W"]))
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(np.array(p["W"]).T.copy()))
+                lin.bias.copy_(torch.from_numpy(np.array(p["b"])))
+            layers.append(lin)
+            if l < len(params) - 1:
+                layers.append(torch.nn.ReLU())
+        return torch.nn.Sequential(*layers)
+
+    def grads_of(module):
+        lins = [mod for mod in module.modules() if isinstance(mod, torch.nn.Linear)]
+        return [{"W": lin.weight.grad.detach().numpy().T, "b": lin.bias.grad.detach().numpy()}
+                for lin in lins]
+
+    def optimizer(cls, module):
+        return cls(torch.optim.SGD(module.parameters(), lr=0.0), noise_multiplier=0.0,
+                   max_grad_norm=clip_norm, expected_batch_size=m, loss_reduction="mean")
+
+    impls = {}
+    ghost = GradSampleModuleFastGradientClipping(model(), max_grad_norm=clip_norm,
+                                                 use_ghost_clipping=True, loss_reduction="mean")
+    ghost_opt = optimizer(DPOptimizerFastGradientClipping, ghost)
+    ghost_loss = DPLossFastGradientClipping(ghost, ghost_opt,
+                                            torch.nn.CrossEntropyLoss(reduction="mean"),
+                                            loss_reduction="mean")
+
+    def ghost_step():
+        ghost_opt.zero_grad(set_to_none=True)
+        ghost_loss(ghost(tx), ty).backward()  # two backward passes: norms, then clipped sum
+        ghost_opt.pre_step()  # noise (0) and the division by the expected batch size
+        return ghost
+
+    impls[GHOST] = (ghost_step, grads_of(ghost_step()), float("nan"))
+
+    hooks = GradSampleModule(model(), loss_reduction="mean")
+    hooks_opt = optimizer(DPOptimizer, hooks)
+    criterion = torch.nn.CrossEntropyLoss(reduction="mean")
+
+    def hooks_step():
+        hooks_opt.zero_grad(set_to_none=True)
+        criterion(hooks(tx), ty).backward()  # fills p.grad_sample (m x parameter shape)
+        hooks_opt.pre_step()  # clip each row, sum, noise (0), divide by m
+        return hooks
+
+    impls[HOOKS] = (hooks_step, grads_of(hooks_step()), float("nan"))
+    return impls
+
+
+# ----------------------------------------------------------------- one shape
+
+def run_shape(name, sizes, m, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed,
+              notes, log=print):
+    params, x, y, kw = problem(sizes, m, seed=seed)
+    impls = jax_impls(params, x, y, kw, clip_norm, notes)
+    impls.update(torch_impls(params, x, y, clip_norm, notes))
+    ref = impls[REF][1]
+    errors = {k: (max_rel_error(v[1], ref) if v[1] is not None else None)
+              for k, v in impls.items()}
+    log(f"[{name}] {sizes}/{m}: agreement with {REF}: "
+        + ", ".join(f"{k} {e:.1e}" for k, e in errors.items() if e is not None and k != REF))
+    runners = {k: (_ready(v[0]) if not k.startswith("opacus") else v[0])
+               for k, v in impls.items()}
+    t = timing.compare(runners, warmup=warmup, blocks=blocks, reps=1, min_sample_s=min_sample_s,
+                       seed=seed, settle_s=settle_s)
+    extra = {}
+    if JAXP in impls:
+        extra["not jitted"] = jax_privacy_variant_s(params, x, y, kw, clip_norm, jit=False,
+                                                    nan_safe=True)
+        extra["nan_safe=False"] = jax_privacy_variant_s(params, x, y, kw, clip_norm, jit=True,
+                                                        nan_safe=False)
+    return {"name": name, "sizes": sizes, "m": m, "timings": t, "errors": errors,
+            "temp": {k: v[2] for k, v in impls.items()}, "extra": extra}
+
+
+# ----------------------------------------------------------------- report
+
+def render(results, *, label, command, machine, versions, date, elapsed, notes, args) -> str:
+    out = [f"## {label}\n",
+           f"Written by `benchmarks/dp_peers.py` on {date}, {elapsed / 60:.1f} min. Command:\n",
+           f"```\n{command}\n```\n", report.kv_table(machine), "",
+           "Versions: " + ", ".join(f"{k} {v}" for k, v in versions) + ".\n",
+           "Each implementation computes the clipped mean (1/m) Σ clip(g_i, C) of one batch "
+           f"(C = {args.clip_norm:g}, float32, {THREADS} threads) from the same weights and data. "
+           f"Times: medians over {args.blocks} randomised alternating blocks (samples of at least "
+           f"{args.min_sample_s:g} s, {args.settle_s:g} s settling pause and one untimed call at "
+           "each switch); *× ours*: the paired ratio of its time to `functional_bp.clipped_grad`'s. "
+           "Error: largest per-leaf max|a−b|/max|b| against "
+           f"`{REF}` (the private step checked with sigma = 0). Temporary memory: XLA's "
+           "`memory_analysis()` of the compiled program (JAX only).\n"]
+    targets = []
+    for r in results:
+        t = r["timings"]
+        out.append(f"### {r['name']}: {r['sizes']}, batch {r['m']}\n")
+        rows = []
+        for k in t:
+            lo, hi = t[k].iqr
+            err = r["errors"][k]
+            rows.append([k, f"{fmt_time(t[k].median)} ({fmt_time(lo)}–{fmt_time(hi)})",
+                         f"{timing.paired_ratio(t[k], t[OURS]):.2f}",
+                         "—" if r["temp"][k] != r["temp"][k] else report.fmt_bytes(r["temp"][k]),
+                         "—" if err is None else f"{err:.1e}"])
+        out.append(table(["implementation", "median (IQR)", "× ours", "temporary memory",
+                          "error"], rows))
+        ratio = timing.paired_ratio(t[PRIVATE], t[PLAIN])
+        targets.append((f"{r['name']}: private step / non-private step ≤ "
+                        f"{TARGET_PRIVATE_OVER_PLAIN}", f"{ratio:.2f}",
+                        ratio <= TARGET_PRIVATE_OVER_PLAIN))
+        for peer in (GHOST, JAXP):
+            if peer in t:
+                pr = timing.paired_ratio(t[peer], t[OURS])
+                targets.append((f"{r['name']}: `clipped_grad` faster than {peer}",
+                                f"{peer} takes {pr:.1f}× ours", pr > 1))
+        bad = [k for k, e in r["errors"].items() if e is not None and e > AGREEMENT]
+        if bad:
+            notes.append(f"**{r['name']}**: {', '.join(bad)} disagree with the reference by more "
+                         f"than {AGREEMENT:g}: their times compare different work.")
+        if "not jitted" in r["extra"]:
+            un, ns = r["extra"]["not jitted"], r["extra"]["nan_safe=False"]
+            notes.append(
+                f"**{r['name']}**, jax-privacy: {fmt_time(t[JAXP].median)} under `jax.jit` "
+                f"against {fmt_time(t[REF].median)} for the plain vmap route; "
+                f"{fmt_time(ns)} jitted with `nan_safe=False` (no `nan_to_num` pass), and "
+                f"{fmt_time(un)} per call when `clipped_grad`'s function is called as returned, "
+                "without `jax.jit` (each call then traces and dispatches op by op); these two "
+                "from 2 back-to-back calls, outside the alternating blocks. Its "
+                "temporary memory is "
+                f"{report.fmt_bytes(r['temp'][JAXP])} against {report.fmt_bytes(r['temp'][REF])} "
+                "for the vmap route.")
+    out.append("\n### Targets\n")
+    out.append(table(["target", "measured", "held"],
+                     [[a, b, "yes" if ok else "**no**"] for a, b, ok in targets]))
+    out.append("\n### Why jax-privacy is slow here\n")
+    out.append(
+        "Read from its source (`jax_privacy/clipping.py`, version in the list above): "
+        "`clipped_grad` is `clipped_fun` over `jax.value_and_grad(fun)`, and `clipped_fun` maps "
+        "`clip_pytree` over the examples with `optax.microbatching.micro_vmap` (a `jax.vmap`, "
+        "optionally in sequential microbatches), then sums. So every example's full gradient "
+        "is formed (m × number of parameters floats), and `clip_pytree` makes further "
+        "elementwise passes over it: `nan_to_num` of every leaf (`nan_safe=True` by default), "
+        "the global norm, the scale, and a `select` that zeroes padding examples "
+        "(`return_zero`). There is no ghost-clipping or norm-from-activations path in the "
+        "package; `microbatch_size` trades memory for time but keeps the per-example "
+        "gradients. Its intended fast path is therefore the jitted vmap route, and it costs "
+        "what that route costs plus those passes; called without `jax.jit` it also re-traces "
+        "on every call.")
+    if notes:
+        out.append("\n### Notes\n")
+        out += [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help=f"comma-separated, among {', '.join(SHAPES)}")
+    ap.add_argument("--clip-norm", type=float, default=CLIP_NORM)
+    ap.add_argument("--blocks", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--min-sample-s", type=float, default=0.2)
+    ap.add_argument("--settle-s", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--label", default=None)
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    a = ap.parse_args(argv)
+    shapes = [s for s in a.shapes.split(",") if s]
+    for s in shapes:
+        if s not in SHAPES:
+            ap.error(f"unknown shape {s!r}; valid: {', '.join(SHAPES)}")
+    command = "python " + shlex.join(["benchmarks/dp_peers.py"]
+                                     + (sys.argv[1:] if argv is None else list(argv)))
+    label = a.label or f"DP-SGD peers: {report.default_label()}"
+    machine = report.machine()
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    started, notes, results = time.perf_counter(), [], []
+    for s in shapes:
+        sizes, m = SHAPES[s]
+        results.append(run_shape(s, sizes, m, clip_norm=a.clip_norm, blocks=a.blocks,
+                                 warmup=a.warmup, min_sample_s=a.min_sample_s,
+                                 settle_s=a.settle_s, seed=a.seed, notes=notes))
+    elapsed = time.perf_counter() - started
+    load_end = os.getloadavg()
+    machine.append(("load average at end", " ".join(f"{v:.2f}" for v in load_end)))
+    versions = report.versions()
+    for name in ("opacus", "jax-privacy", "dp-accounting"):
+        try:
+            versions.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append((name, "not installed"))
+    body = render(results, label=label, command=command, machine=machine, versions=versions,
+                  date=report.now(), elapsed=elapsed, notes=notes, args=a)
+    report.write_block(Path(a.out), label, body)
+    print(body)
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in load_end)}; wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
