@@ -27,7 +27,7 @@ Written by `benchmarks/run.py`; never edited by hand. Each section below is one
 run, labelled by its machine; rerunning the command shown in a section replaces
 that section and keeps the others. How the numbers are taken (warm-up,
 randomised alternating blocks, medians, paired ratios) is described in
-`benchmarks/timing.py` and in the README's Benchmarks section.
+`benchmarks/timing.py` and on the documentation site's benchmarks page (`docs/benchmarks.md`).
 """
 
 
