@@ -21,19 +21,31 @@ of ``activations=``::
 from .activation import Activation
 from .base import Layer
 from .config import from_config, to_config
+from .conv import Conv1D, Conv2D
 from .dense import Dense
 from .dropout import Dropout
+from .embedding import Embedding
 from .flatten import Flatten
 from .layernorm import LayerNorm
+from .pool import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
+from .reshape import Reshape
 from .sequential import Residual, Sequential
 
 __all__ = [
     "Activation",
+    "AvgPool1D",
+    "AvgPool2D",
+    "Conv1D",
+    "Conv2D",
     "Dense",
     "Dropout",
+    "Embedding",
     "Flatten",
     "Layer",
     "LayerNorm",
+    "MaxPool1D",
+    "MaxPool2D",
+    "Reshape",
     "Residual",
     "Sequential",
     "from_config",

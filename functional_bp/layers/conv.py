@@ -1,0 +1,328 @@
+"""Conv1D and Conv2D: cross-correlation over channels-last inputs, the backward by hand.
+
+Shapes (1-D; 2-D adds a second spatial axis everywhere, kernel (k_h, k_w))::
+
+    X (m, L, c_in)   W (k, c_in, c_out)   b (c_out,)   Y (m, T, c_out)
+
+with stride s, dilation d and padding (lo, hi): X is padded with zeros to
+Xp (length L + lo + hi, Xp[u] = X[u - lo]) and
+T = floor((L + lo + hi - (k - 1) d - 1) / s) + 1.
+
+Forward (cross-correlation, as ``jax.lax.conv_general_dilated`` with
+NWC/WIO)::
+
+    Y[n, t, o] = sum_{j, c} Xp[n, t s + j d, c] W[j, c, o] + b[o]
+
+Index form and matrix form, side by side. Unfold example n into the patch
+matrix P_n (T, k c_in), row t = the k taps Xp[n, t s + j d, :] laid end to
+end (:func:`unfold`); then the layer is a Dense layer on patches,
+Y_n = P_n W_mat + b with W_mat = W reshaped to (k c_in, c_out). With
+G = dJ/dY, the tensor chain rule dJ/dX_k = sum_j dJ/dY_j dY_j/dX_k gives::
+
+    index form                                            matrix form
+    dW[j, c, o] = sum_{n, t} Xp[n, t s + j d, c] G[n, t, o]   dW_mat = sum_n P_n^T G_n
+    db[o]       = sum_{n, t} G[n, t, o]                      db = 1^T G (all rows)
+    dXp[n, v, c] = sum_{t, j: t s + j d = v} sum_o G[n, t, o] W[j, c, o]
+                                                          dP_n = G_n W_mat^T, folded back
+    dX[n, u]    = dXp[n, u + lo]                          (the padding is dropped)
+
+- dW is a correlation of the (padded) input with the cotangent: the cotangent
+  plays the kernel, its taps s apart (rhs dilation s), sliding d at a time
+  (window stride d); the examples are summed as the contracted "feature" axis.
+- dX is a transposed convolution: spread G out with s - 1 zeros between
+  entries (lhs dilation s; the stride), pad it by (k - 1) d - lo at the low
+  end, and correlate it with the kernel flipped in space and transposed in
+  its channels (W[k - 1 - j, c, o] seen as (k, c_out, c_in)), at dilation d:
+  a "full" correlation with the flipped kernel. Substituting j = k - 1 - j'
+  in the index form above gives exactly that correlation.
+- db sums G over examples and positions.
+
+Each is one ``jax.lax.conv_general_dilated`` call written from these
+formulas (no autodiff or transposition utility), the same primitive as the
+forward.
+
+Per example, dL_n/dW_mat = P_n^T G_n is a Dense layer's gradient on T rows,
+so its squared norm is the Dense rule on (positions x patch) matrices:
+||P_n^T G_n||_F^2 directly, or <P_n P_n^T, G_n G_n^T> (the Gram form,
+cheaper when the positions T are few), plus ||1^T G_n||^2 for the bias;
+:meth:`functional_bp.layers.Dense.sq_norms` decides between the two.
+
+Padding: "VALID" (none), "SAME" (XLA's rule: total
+max((ceil(n/s) - 1) s + (k - 1) d + 1 - n, 0), lo = total // 2, hi the rest),
+an int p (p on both sides of every spatial axis), or explicit (lo, hi) pairs,
+one per spatial axis (for Conv1D a single pair is accepted too).
+
+Example::
+
+    >>> import jax, jax.numpy as jnp
+    >>> from functional_bp import layers as fl
+    >>> conv = fl.Conv1D(4, 3, stride=2, padding="SAME")
+    >>> params, out = conv.init(jax.random.key(0), (9, 2))
+    >>> params["W"].shape, out
+    ((3, 2, 4), (5, 4))
+    >>> y, cache = conv.forward(params, jnp.ones((1, 9, 2)))
+    >>> grads, dx = conv.backward(params, cache, jnp.ones_like(y))
+    >>> grads["W"].shape, dx.shape
+    ((3, 2, 4), (1, 9, 2))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .base import Layer
+from .dense import Dense
+
+_SPATIAL = {1: "W", 2: "HW"}
+
+
+# --- window geometry, shared with pooling -----------------------------------------
+def as_tuple(value, n: int, what: str) -> tuple:
+    """An int, or n ints, as a tuple of n positive ints (else a ValueError naming ``what``)."""
+    items = (value,) * n if isinstance(value, (int, np.integer)) else value
+    if not (isinstance(items, (tuple, list)) and len(items) == n
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                    for v in items)):
+        raise ValueError(f"{what}: a positive integer or {n} of them; got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def canonical_padding(padding, n: int, what: str):
+    """ "VALID", "SAME", or a tuple of n (lo, hi) pairs of ints >= 0 (lists become tuples)."""
+    if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
+        return padding.upper()
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and padding >= 0:
+        return ((int(padding), int(padding)),) * n
+    pairs = padding
+    if (n == 1 and isinstance(pairs, (tuple, list)) and len(pairs) == 2
+            and all(isinstance(v, (int, np.integer)) for v in pairs)):
+        pairs = (pairs,)
+    if (isinstance(pairs, (tuple, list)) and len(pairs) == n
+            and all(isinstance(p, (tuple, list)) and len(p) == 2
+                    and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                            and v >= 0 for v in p) for p in pairs)):
+        return tuple((int(lo), int(hi)) for lo, hi in pairs)
+    raise ValueError(
+        f"{what}: 'VALID', 'SAME', an int >= 0, or {n} (low, high) pair(s) of ints >= 0; "
+        f"got {padding!r}"
+    )
+
+
+def resolve_padding(padding, sizes, window, stride, dilation) -> tuple:
+    """The (lo, hi) pair of each spatial axis; "SAME" follows XLA's rule (see the module doc)."""
+    if padding == "VALID":
+        return ((0, 0),) * len(sizes)
+    if padding == "SAME":
+        pairs = []
+        for n, k, s, d in zip(sizes, window, stride, dilation):
+            total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+            pairs.append((total // 2, total - total // 2))
+        return tuple(pairs)
+    return tuple(padding)
+
+
+def out_sizes(sizes, window, stride, dilation, pads) -> tuple:
+    """T = floor((n + lo + hi - (k - 1) d - 1) / s) + 1 on each spatial axis (may be <= 0)."""
+    return tuple((n + lo + hi - (k - 1) * d - 1) // s + 1
+                 for n, k, s, d, (lo, hi) in zip(sizes, window, stride, dilation, pads))
+
+
+def taps(window) -> list:
+    """The kernel's tap indices in row-major order: (0,), (1,), ... or (0, 0), (0, 1), ..."""
+    return list(itertools.product(*(range(k) for k in window)))
+
+
+def unfold(x, window, stride, dilation, pads, pad_value=0.0):
+    """The unfolded patches: x (m, *S, C) -> (m, *T, K, C), K = prod(window) taps, row-major.
+
+    ``[n, t, j, c] = Xp[n, t s + j d, c]``, Xp being x padded with ``pad_value``.
+    A patch's entries (j, c) laid end to end are row t of the patch matrix P_n.
+    """
+    sp = len(window)
+    T = out_sizes(x.shape[1:1 + sp], window, stride, dilation, pads)
+    xp = lax.pad(x, jnp.asarray(pad_value, x.dtype),
+                 [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+    cols = []
+    for j in taps(window):
+        start = [0] + [jj * d for jj, d in zip(j, dilation)] + [0]
+        limit = ([x.shape[0]] + [jj * d + (t - 1) * s + 1
+                                 for jj, d, t, s in zip(j, dilation, T, stride)] + [x.shape[-1]])
+        cols.append(lax.slice(xp, start, limit, [1, *stride, 1]))
+    return jnp.stack(cols, axis=-2)
+
+
+def fold(cols, sizes, window, stride, dilation, pads):
+    """The adjoint of :func:`unfold`: cols (m, *T, K, C) -> (m, *S, C), overlaps added.
+
+    ``dX[n, u] = sum_{t, j: t s + j d = u + lo} cols[n, t, j]``: each tap's
+    (T,) slab is spread s apart (interior padding s - 1), shifted to j d - lo,
+    and the taps are summed; what falls in the padding is dropped (negative
+    padding crops).
+    """
+    sp = len(window)
+    T = cols.shape[1:1 + sp]
+    zero = jnp.zeros((), cols.dtype)
+    out = None
+    for i, j in enumerate(taps(window)):
+        config = [(0, 0, 0)]
+        for jj, d, t, s, n, (lo, _) in zip(j, dilation, T, stride, sizes, pads):
+            low = jj * d - lo
+            config.append((low, n - low - ((t - 1) * s + 1), s - 1))
+        config.append((0, 0, 0))
+        part = lax.pad(cols[..., i, :], zero, config)
+        out = part if out is None else out + part
+    return out
+
+
+def check_window(layer, input_shape, where, window, stride, dilation, what="kernel"):
+    """Raise unless input_shape is (*spatial, channels) with room for one window."""
+    sp = len(window)
+    name = type(layer).__name__
+    if len(input_shape) != sp + 1:
+        axes = "(length, channels)" if sp == 1 else "(height, width, channels)"
+        hint = ""
+        if len(input_shape) == sp:
+            hint = (f": add a channel axis with Reshape({(*input_shape, 1)}) "
+                    f"(text form reshape:{':'.join(map(str, (*input_shape, 1)))})")
+        raise ValueError(f"{where} ({name}): needs inputs of shape {axes} per example; got "
+                         f"{tuple(input_shape)}{hint}")
+    pads = resolve_padding(layer.padding, input_shape[:sp], window, stride, dilation)
+    T = out_sizes(input_shape[:sp], window, stride, dilation, pads)
+    if min(T) < 1:
+        span = tuple((k - 1) * d + 1 for k, d in zip(window, dilation))
+        raise ValueError(
+            f"{where} ({name}): the {what} spans {span} (dilation included) but the padded "
+            f"input is only {tuple(n + lo + hi for n, (lo, hi) in zip(input_shape, pads))}: "
+            f"use a smaller {what}, padding='SAME', or a longer input"
+        )
+    return pads, T
+
+
+# --- the layers ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Conv(Layer):
+    features: int
+    kernel_size: Any
+    stride: Any = 1
+    padding: Any = "VALID"
+    dilation: Any = 1
+    scale: float = 2.0
+
+    ndim = 0  # spatial axes, set by the subclasses
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if not (isinstance(self.features, (int, np.integer)) and not isinstance(self.features, bool)
+                and self.features > 0):
+            raise ValueError(f"{name}(features): a positive integer; got {self.features!r}")
+        for field in ("kernel_size", "stride", "dilation"):
+            value = getattr(self, field)
+            as_tuple(value, self.ndim, f"{name}({field})")
+            if isinstance(value, list):
+                object.__setattr__(self, field, tuple(value))
+        object.__setattr__(self, "padding",
+                           canonical_padding(self.padding, self.ndim, f"{name}(padding)"))
+
+    # static geometry
+    def _geometry(self):
+        n = self.ndim
+        return (as_tuple(self.kernel_size, n, ""), as_tuple(self.stride, n, ""),
+                as_tuple(self.dilation, n, ""))
+
+    def _dims(self, lhs, rhs, out):
+        return lax.conv_dimension_numbers((1,) * (self.ndim + 2), (1,) * (self.ndim + 2),
+                                          (lhs, rhs, out))
+
+    def check_input(self, input_shape, where):
+        check_window(self, input_shape, where, *self._geometry())
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        k, s, d = self._geometry()
+        _, T = check_window(self, input_shape, "init", k, s, d)
+        c_in = input_shape[-1]
+        fan_in = math.prod(k) * c_in
+        W = (self.scale / fan_in) ** 0.5 * jax.random.normal(key, (*k, c_in, self.features), dtype)
+        return {"W": W, "b": jnp.zeros((self.features,), dtype)}, (*T, self.features)
+
+    def forward(self, params, x, key=None):
+        k, s, d = self._geometry()
+        sp = _SPATIAL[self.ndim]
+        pads = resolve_padding(self.padding, x.shape[1:-1], k, s, d)
+        y = lax.conv_general_dilated(x, params["W"], s, pads, rhs_dilation=d,
+                                     dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+        return y + params["b"].reshape((1,) * (y.ndim - 1) + (-1,)), x  # the backward needs X
+
+    def backward(self, params, cache, dy):
+        x, G, W = cache, dy, params["W"]
+        k, s, d = self._geometry()
+        sp = _SPATIAL[self.ndim]
+        S, T = x.shape[1:-1], G.shape[1:-1]
+        pads = resolve_padding(self.padding, S, k, s, d)
+        # dW[j, c, o] = sum_{n, t} Xp[n, t s + j d, c] G[n, t, o]: X (examples as the
+        # contracted feature axis, channels as the batch axis) correlated with G as the
+        # kernel, its taps s apart, sliding d at a time; the high padding ends where the
+        # last window does (entries past it never reached Y).
+        dW_pads = [(lo, (t - 1) * ss + (kk - 1) * dd + 1 - n - lo)
+                   for n, kk, ss, dd, t, (lo, _) in zip(S, k, s, d, T, pads)]
+        dW = lax.conv_general_dilated(x, G, d, dW_pads, rhs_dilation=s,
+                                      dimension_numbers=(f"C{sp}N", f"I{sp}O", f"{sp}NC"))
+        # db[o] = sum_{n, t} G[n, t, o]
+        db = jnp.sum(G, axis=tuple(range(G.ndim - 1)))
+        # dX[n, u, c] = sum_{t, j: t s + j d = u + lo} sum_o G[n, t, o] W[j, c, o]:
+        # G spread s apart (lhs dilation s), padded by (k - 1) d - lo, correlated with the
+        # flipped kernel W[k - 1 - j] whose channels swap roles (c_out in, c_in out).
+        dx_pads = [((kk - 1) * dd - lo, n + lo - (t - 1) * ss - 1)
+                   for n, kk, ss, dd, t, (lo, _) in zip(S, k, s, d, T, pads)]
+        W_flipped = jnp.flip(W, axis=tuple(range(self.ndim)))
+        dx = lax.conv_general_dilated(G, W_flipped, (1,) * self.ndim, dx_pads, lhs_dilation=s,
+                                      rhs_dilation=d,
+                                      dimension_numbers=(f"N{sp}C", f"{sp}OI", f"N{sp}C"))
+        return {"W": dW, "b": db}, dx
+
+    def patches(self, x):
+        """The patch matrices P_n: (m, T_total, K c_in), rows in row-major position order."""
+        k, s, d = self._geometry()
+        pads = resolve_padding(self.padding, x.shape[1:-1], k, s, d)
+        cols = unfold(x, k, s, d, pads)
+        return cols.reshape(x.shape[0], -1, math.prod(k) * x.shape[-1])
+
+    def sq_norms(self, params, cache, dy):
+        # The Dense rule on (positions x patch) matrices: ||P_n^T G_n||^2 + ||1^T G_n||^2.
+        P = self.patches(cache)
+        G = dy.reshape(dy.shape[0], -1, dy.shape[-1])
+        return Dense(self.features).sq_norms(None, P, G)
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv1D(_Conv):
+    """1-D cross-correlation: (m, L, c_in) -> (m, T, features); W (k, c_in, c_out), b (c_out,).
+
+    Args:
+      features: c_out, the number of output channels.
+      kernel_size: k.
+      stride: s (default 1).
+      padding: "VALID" (default), "SAME", an int, or a (lo, hi) pair.
+      dilation: d (default 1): the taps are d apart.
+      scale: W ~ N(0, scale / (k c_in)) at init ("he": 2).
+    """
+
+    ndim = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv2D(_Conv):
+    """2-D cross-correlation: (m, H, W, c_in) -> (m, T_h, T_w, features); W (k_h, k_w, c_in, c_out).
+
+    Args as :class:`Conv1D`, each an int or a pair (height, width); explicit
+    padding is two (lo, hi) pairs.
+    """
+
+    ndim = 2
