@@ -1,8 +1,9 @@
 """A gradient checker: a hand-derived gradient against ``jax.grad``, leaf by leaf.
 
-This is how a user verifies their own activation, loss or backward pass. For
-each leaf of the gradient pytree (``layer 1 W``, ``layer 1 b``, ... for the
-library's params), the error is the one the library's own test suite uses::
+This is how a user verifies their own activation, loss, layer or backward
+pass. For each leaf of the gradient pytree (``layer 1 W``, ``layer 1 b``, ...
+for an MLP's params; ``layer 3.2 W`` for the W of the second layer inside a
+network's third layer), the error is the one the library's own test suite uses::
 
     error = max |ours - ref| / max |ref|      (max |ours - ref| when ref == 0)
 
@@ -25,6 +26,16 @@ errors near 1e-9; the default tolerance is 1e-6. Central differences are not
 meaningful across a kink (relu at z = 0): use them with smooth activations.
 This check does not rely on ``jax.grad`` at all, so it also catches an
 objective whose autodiff is itself wrong (a custom rule somewhere inside it).
+
+Two ways to call it: with any pair of functions,
+``check_gradients(grad_fn, objective_fn, params, *args)``; or, for the
+library's own hand-derived backward pass, ``check_gradients(params, batch,
+network=net, loss=...)`` (or ``activations=`` for the dense chain), which
+checks :func:`functional_bp.grad` against ``jax.grad`` of
+:func:`functional_bp.objective` and adds a row ``dJ/dX`` for the input
+gradient (the first layer's backward ``dx``, which no parameter gradient
+depends on). A layer whose backward is wrong shows up in the rows of its own
+parameters and of every layer before it.
 """
 
 from __future__ import annotations
@@ -149,10 +160,25 @@ def _shape_str(shape) -> str:
 
 
 def leaf_name(path) -> str:
-    """``(SequenceKey(0), DictKey('W'))`` -> ``"layer 1 W"``; any other path readably."""
+    """A readable name for a params leaf, from its pytree path.
+
+    Layer indices count from 1; a layer inside a container (a ``Residual`` or
+    ``Sequential``) is numbered after it with a dot: ``(SequenceKey(0),
+    DictKey('W'))`` -> ``"layer 1 W"``, ``(SequenceKey(2), SequenceKey(1),
+    DictKey('W'))`` -> ``"layer 3.2 W"``. Any other path is written readably
+    (``"enc[0]"``, ``"scale"``).
+
+    Example::
+
+        >>> from jax.tree_util import DictKey, SequenceKey
+        >>> leaf_name((SequenceKey(2), SequenceKey(1), DictKey("W")))
+        'layer 3.2 W'
+    """
     kinds = [type(k).__name__ for k in path]
-    if kinds == ["SequenceKey", "DictKey"]:
-        return f"layer {path[0].idx + 1} {path[1].key}"
+    if len(kinds) >= 2 and kinds[-1] == "DictKey" and \
+            all(k == "SequenceKey" for k in kinds[:-1]):
+        where = ".".join(str(k.idx + 1) for k in path[:-1])
+        return f"layer {where} {path[-1].key}"
     if not path:
         return "params"
     parts = []
@@ -229,10 +255,12 @@ def _finite_difference_errors(grad_fn, objective_fn, params, args, *, key, direc
 
 
 def check_gradients(
-    grad_fn: Callable,
-    objective_fn: Callable,
-    params: Any,
     *args,
+    network=None,
+    activations=None,
+    loss=None,
+    l2: float = 0.0,
+    dropout_key=None,
     rtol: float | None = None,
     finite_differences: bool = False,
     fd_directions: int = 3,
@@ -240,21 +268,40 @@ def check_gradients(
     fd_rtol: float = FD_RTOL,
     key=None,
 ) -> GradientReport:
-    """Compare ``grad_fn(params, *args)`` with ``jax.grad(objective_fn)(params, *args)``.
+    """Compare a hand-derived gradient with ``jax.grad`` of the objective, leaf by leaf.
+
+    Two forms::
+
+        check_gradients(grad_fn, objective_fn, params, *args)          # any gradient
+        check_gradients(params, batch, network=net, loss=..., l2=...)  # the library's
+
+    The first compares ``grad_fn(params, *args)`` with
+    ``jax.grad(objective_fn)(params, *args)``. The second (``network=`` or
+    ``activations=``) compares :func:`functional_bp.grad` with ``jax.grad`` of
+    :func:`functional_bp.objective` (the plain-JAX reference), and adds a row
+    ``dJ/dX``: the hand-derived input gradient (``backprop(...).input_grad``)
+    against ``jax.grad`` of the objective with respect to x (for floating x).
 
     Per leaf: error = max|ours - ref| / max|ref| against the tolerance ``rtol``
     (default by the reference leaf's dtype: float64 1e-10, float32 2e-5).
-    With ``finite_differences=True``, each leaf is also checked in float64
-    against central differences (J(p + h v) - J(p - h v)) / 2h along
+    With ``finite_differences=True``, each parameter leaf is also checked in
+    float64 against central differences (J(p + h v) - J(p - h v)) / 2h along
     ``fd_directions`` random unit directions v (see the module docstring).
 
     Args:
-      grad_fn: ``(params, *args) -> grads``, the gradient to check (same
-        pytree structure as params).
-      objective_fn: ``(params, *args) -> scalar``, differentiable by JAX.
-      params: any pytree of floating arrays (for the library: a list of
-        ``{"W", "b"}`` dicts, whose leaves are named ``layer l W``/``layer l b``).
-      *args: passed to both functions unchanged (a batch, for instance).
+      *args: ``grad_fn, objective_fn, params, *rest``: ``grad_fn(params,
+        *rest) -> grads`` (same pytree structure as params) and
+        ``objective_fn(params, *rest) -> scalar`` (differentiable by JAX);
+        params any pytree of floating arrays; ``rest`` passed to both
+        unchanged (a batch, for instance). With ``network=`` or
+        ``activations=``: ``params, batch``, as for :func:`functional_bp.grad`.
+      network: a :class:`functional_bp.layers.Sequential`: check the
+        library's backward pass through this network's layers, or
+      activations: one activation per layer: the same for the dense chain.
+      loss: with ``network``/``activations``: the loss name or object.
+      l2: with ``network``/``activations``: the weight decay.
+      dropout_key: with ``network``: the ``jax.random`` key of the Dropout
+        layers (None: evaluation mode, no dropout), the same for both sides.
       rtol: one tolerance for every leaf, overriding the dtype defaults.
       finite_differences: also run the float64 central-difference check.
       fd_directions: random directions per leaf for that check.
@@ -267,8 +314,9 @@ def check_gradients(
       a table, or call ``raise_if_failed()``.
 
     Raises:
-      TypeError: the gradient's pytree structure differs from the reference's,
-        or a leaf's dtype has no default tolerance and ``rtol`` is None.
+      TypeError: the arguments fit neither form; the gradient's pytree
+        structure differs from the reference's; or a leaf's dtype has no
+        default tolerance and ``rtol`` is None.
 
     Example::
 
@@ -281,7 +329,38 @@ def check_gradients(
         ...                              params, batch)
         >>> report.ok, [r.name for r in report.rows]
         (True, ['layer 1 W', 'layer 1 b', 'layer 2 W', 'layer 2 b'])
+
+    A network, by its own layers' backward passes::
+
+        >>> from functional_bp import layers as fl
+        >>> net = fl.Sequential(fl.Dense(4), fl.Residual(fl.LayerNorm(), fl.Dense(4)),
+        ...                     fl.Dense(2))
+        >>> params = net.init(jax.random.key(0), (3,))
+        >>> report = fbp.check_gradients(params, batch, network=net, loss="mse")
+        >>> report.ok, [r.name for r in report.rows][:4]
+        (True, ['layer 1 W', 'layer 1 b', 'layer 2.1 bias', 'layer 2.1 scale'])
+        >>> report.rows[-1].name
+        'dJ/dX'
     """
+    library = network is not None or activations is not None
+    if library:
+        grad_fn, objective_fn, params, args, input_row = _library_form(
+            args, network, activations, loss, l2, dropout_key)
+    else:
+        if loss is not None or l2 != 0.0 or dropout_key is not None:
+            raise TypeError("check_gradients: loss=, l2= and dropout_key= go with network= "
+                            "or activations=; with your own functions, bind them into "
+                            "grad_fn and objective_fn (functools.partial)")
+        if len(args) < 3 or not (callable(args[0]) and callable(args[1])):
+            raise TypeError(
+                "check_gradients takes (grad_fn, objective_fn, params, *args) with two "
+                f"functions first, or (params, batch, network=..., loss=...); got "
+                f"{len(args)} positional argument(s)"
+                + ("" if len(args) < 2 else f" starting with {type(args[0]).__name__}, "
+                   f"{type(args[1]).__name__}")
+            )
+        grad_fn, objective_fn, params, *args = args
+        input_row = None
     ours = grad_fn(params, *args)
     ref = jax.grad(objective_fn)(params, *args)
     ours_def = jax.tree_util.tree_structure(ours)
@@ -298,14 +377,61 @@ def check_gradients(
             key=jax.random.key(0) if key is None else key,
             directions=fd_directions, step=fd_step,
         )
-    rows = []
-    for (path, r), o, fd in zip(ref_leaves, jax.tree_util.tree_leaves(ours), fd_errors):
-        name = leaf_name(path)
-        abs_err, rel_err, note = _errors(o, r)
-        tol = _default_rtol(r.dtype, name) if rtol is None else float(rtol)
-        rows.append(GradientRow(
-            name=name, shape=tuple(r.shape), dtype=jnp.dtype(r.dtype).name,
-            max_abs_error=abs_err, rel_error=rel_err, tolerance=tol,
-            fd_error=fd, fd_tolerance=None if fd is None else float(fd_rtol), note=note,
-        ))
+    rows = [_row(leaf_name(path), o, r, rtol, fd, fd_rtol)
+            for (path, r), o, fd in zip(ref_leaves, jax.tree_util.tree_leaves(ours), fd_errors)]
+    if input_row is not None:
+        rows.append(_row("dJ/dX", *input_row(), rtol, None, fd_rtol))
     return GradientReport(rows=tuple(rows))
+
+
+def _row(name, ours, ref, rtol, fd, fd_rtol) -> GradientRow:
+    abs_err, rel_err, note = _errors(ours, ref)
+    tol = _default_rtol(ref.dtype, name) if rtol is None else float(rtol)
+    return GradientRow(
+        name=name, shape=tuple(ref.shape), dtype=jnp.dtype(ref.dtype).name,
+        max_abs_error=abs_err, rel_error=rel_err, tolerance=tol,
+        fd_error=fd, fd_tolerance=None if fd is None else float(fd_rtol), note=note,
+    )
+
+
+def _library_form(args, network, activations, loss, l2, dropout_key):
+    """(grad_fn, objective_fn, params, (batch,), input row) for the library's own backward."""
+    from .backprop import backprop, grad
+    from .mlp import objective
+
+    if len(args) != 2 or callable(args[0]):
+        raise TypeError(
+            "check_gradients with network= or activations= takes (params, batch); got "
+            f"{len(args)} positional argument(s)"
+            + (" starting with a function (that is the other form: drop network=/"
+               "activations= and pass grad_fn, objective_fn, params, *args)"
+               if args and callable(args[0]) else "")
+        )
+    if loss is None:
+        raise TypeError("check_gradients with network= or activations= needs loss= (a loss "
+                        "name such as 'softmax_cross_entropy', or a Loss)")
+    if dropout_key is not None and network is None:
+        raise TypeError("check_gradients: dropout_key= goes with network= (the dense chain "
+                        "has no Dropout)")
+    params, batch = args
+    kw = dict(activations=activations, network=network, loss=loss, l2=l2)
+    if network is not None:
+        kw["key"] = dropout_key
+
+    def grad_fn(p, b):
+        return grad(p, b, **kw)
+
+    def objective_fn(p, b):
+        return objective(p, b, **kw)
+
+    input_row = None
+    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    if x is not None and jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        y = batch[1]
+
+        def input_row():
+            ours = backprop(params, batch, **kw).input_grad
+            ref = jax.grad(lambda x_: objective(params, (x_, y), **kw))(jnp.asarray(x))
+            return ours, ref
+
+    return grad_fn, objective_fn, params, (batch,), input_row

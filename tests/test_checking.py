@@ -177,3 +177,126 @@ def test_row_and_report_are_plain_data():
     report = GradientReport(rows=(row,))
     assert not row.ok and not report.ok and report.failed == [row]
     assert np.isclose(report.max_error, 0.5)
+
+
+# --- the library form: check_gradients(params, batch, network=..., loss=...) ----------
+from functional_bp import layers as fl  # noqa: E402
+
+
+class _DoubledW(fl.Dense):
+    """A Dense layer whose backward returns 2 A^T G for dJ/dW (a wrong equation)."""
+
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache, dy)
+        return {**grads, "W": 2 * grads["W"]}, dx
+
+
+class _NoTransposeDx(fl.Dense):
+    """A square Dense layer whose backward returns G W for dJ/dA instead of G W^T."""
+
+    def backward(self, params, cache, dy):
+        grads, _ = super().backward(params, cache, dy)
+        return grads, dy @ params["W"]
+
+
+class _LayerNormWithoutMean(fl.LayerNorm):
+    """LayerNorm whose dx drops the mean term (a classic slip named in the issue)."""
+
+    def backward(self, params, cache, dy):
+        dparams, dx = super().backward(params, cache, dy)
+        return dparams, dx + jnp.mean(dy * params["scale"][None, :], axis=-1, keepdims=True)
+
+
+def _net(inner=fl.Dense(5), first=fl.Dense(5), norm=fl.LayerNorm()):
+    return fl.Sequential(first, fl.Activation("tanh"),
+                         fl.Residual(norm, inner, fl.Activation("gelu")), fl.Dense(3))
+
+
+def _net_batch(net, dtype, m=6, seed=0):
+    kx, ky, kp = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, (m, 4), dtype)
+    return net.init(kp, (4,), dtype=dtype), (x, jax.random.randint(ky, (m,), 0, 3))
+
+
+NET_LEAVES = ["layer 1 W", "layer 1 b", "layer 3.1 bias", "layer 3.1 scale", "layer 3.2 W",
+              "layer 3.2 b", "layer 4 W", "layer 4 b", "dJ/dX"]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_network_form_passes_and_names_leaves_by_their_path(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        net = _net()
+        params, batch = _net_batch(net, dtype)
+        report = fbp.check_gradients(params, batch, network=net,
+                                     loss="softmax_cross_entropy", l2=0.01)
+        assert report.ok, str(report)
+        assert [r.name for r in report.rows] == NET_LEAVES
+        assert all(r.tolerance == rtol_for(dtype) for r in report.rows)
+        assert report.rows[-1].shape == (6, 4)
+        assert "layer 3.2 W" in str(report) and "dJ/dX" in str(report)
+
+
+@pytest.mark.parametrize("net,failed", [
+    # the wrong dW shows in that leaf alone
+    (_net(inner=_DoubledW(5)), {"layer 3.2 W"}),
+    # a wrong dx inside the residual reaches every layer before it
+    (_net(inner=_NoTransposeDx(5)), {"layer 1 W", "layer 1 b", "layer 3.1 bias",
+                                     "layer 3.1 scale", "dJ/dX"}),
+    (_net(norm=_LayerNormWithoutMean()), {"layer 1 W", "layer 1 b", "dJ/dX"}),
+    # the first layer's dx feeds no parameter gradient: only the dJ/dX row sees it
+    (_net(first=_NoTransposeDx(4), inner=fl.Dense(4)), {"dJ/dX"}),
+])
+def test_network_form_catches_a_wrong_layer_backward(net, failed):
+    params, batch = _net_batch(net, jnp.float32, seed=1)
+    report = fbp.check_gradients(params, batch, network=net, loss="softmax_cross_entropy")
+    assert {r.name for r in report.failed} == failed, str(report)
+    assert min(r.rel_error for r in report.failed) > 1e-3  # O(1), not rounding
+    with pytest.raises(AssertionError, match="over tolerance"):
+        report.raise_if_failed()
+
+
+def test_network_form_with_dropout_uses_one_key_for_both_sides():
+    net = fl.Sequential(fl.Dense(6), fl.Activation("relu"), fl.Dropout(0.5), fl.Dense(3))
+    params, batch = _net_batch(net, jnp.float32, m=8)
+    k = jax.random.key(7)
+    report = fbp.check_gradients(params, batch, network=net, loss="softmax_cross_entropy",
+                                 dropout_key=k)
+    assert report.ok, str(report)
+    # the key matters: the gradient with dropout differs from the one without
+    with_key = fbp.grad(params, batch, network=net, loss="softmax_cross_entropy", key=k)
+    without = fbp.grad(params, batch, network=net, loss="softmax_cross_entropy")
+    assert not np.allclose(with_key[0]["W"], without[0]["W"])
+
+
+def test_activations_form_and_finite_differences():
+    case = make_case([3, 6, 2], 5, ["tanh", "identity"], "mse", l2=0.1, seed=2)
+    kw = case.kwargs()
+    report = fbp.check_gradients(case.params, case.batch, finite_differences=True, **kw)
+    assert report.ok, str(report)
+    assert [r.name for r in report.rows] == ["layer 1 W", "layer 1 b", "layer 2 W",
+                                             "layer 2 b", "dJ/dX"]
+    assert all(r.fd_error is not None for r in report.rows[:-1])
+    # the same numbers as the two-function form
+    grad_fn, objective_fn = _fns(case)
+    plain = fbp.check_gradients(grad_fn, objective_fn, case.params, case.batch)
+    assert [r.rel_error for r in plain.rows] == [r.rel_error for r in report.rows[:-1]]
+
+
+def test_bad_calls_say_which_form_they_missed():
+    net = _net()
+    params, batch = _net_batch(net, jnp.float32)
+    loss = "softmax_cross_entropy"
+    for call, words in [
+        (lambda: fbp.check_gradients(params, batch, network=net), "needs loss="),
+        (lambda: fbp.check_gradients(params, batch, batch, network=net, loss=loss),
+         "takes \\(params, batch\\); got 3"),
+        (lambda: fbp.check_gradients(fbp.grad, fbp.objective, params, batch, network=net,
+                                     loss=loss), "starting with a function"),
+        (lambda: fbp.check_gradients(params, batch), "two functions first"),
+        (lambda: fbp.check_gradients(fbp.grad, fbp.objective, params, batch, loss=loss),
+         "go with network="),
+        (lambda: fbp.check_gradients(params, batch, activations=["relu"], loss=loss,
+                                     dropout_key=jax.random.key(0)), "goes with network="),
+    ]:
+        with pytest.raises(TypeError, match=words):
+            call()
