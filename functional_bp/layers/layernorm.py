@@ -66,6 +66,13 @@ class LayerNorm(Layer):
     def check_input(self, input_shape, where):
         if len(input_shape) == 0:
             raise ValueError(f"{where} (LayerNorm): needs inputs with a feature axis; got scalars")
+        if input_shape[-1] == 1:  # xhat = 0 for every input: y = beta, a constant
+            raise ValueError(
+                f"{where} (LayerNorm): normalises the last axis, which has width 1 here (inputs "
+                f"(m, {', '.join(map(str, input_shape))})): every value would become 0 and the "
+                "output the bias alone, whatever the input; put LayerNorm where the last axis "
+                "is wider, or drop it"
+            )
 
     def forward(self, params, x, key=None):
         gamma, beta = (params[k].reshape((1,) * (x.ndim - 1) + (-1,)) for k in ("scale", "bias"))

@@ -164,7 +164,7 @@ class Sequential(Layer):
                 for layer, p, cache, cot in zip(self.layers, params, caches, cots)]
 
 
-@dataclasses.dataclass(frozen=True, init=False)
+@dataclasses.dataclass(frozen=True, init=False, repr=False)  # Sequential's repr: Residual(...)
 class Residual(Sequential):
     """Y = X + f(X), f the ``Sequential`` of the given layers (its output shape must be X's)."""
 
