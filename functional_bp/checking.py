@@ -53,6 +53,9 @@ DEFAULT_RTOL = {jnp.dtype("float64"): 1e-10, jnp.dtype("float32"): 2e-5}
 FD_RTOL = 1e-6
 """Default tolerance of the float64 central-difference check."""
 
+INPUT_ROW = "dJ/dX"
+"""The name of the input-gradient row that the ``network=``/``activations=`` form adds."""
+
 
 @dataclass(frozen=True)
 class GradientRow:
@@ -137,9 +140,12 @@ class GradientReport:
         lines = [line(header), line(["-" * w for w in widths])]
         lines += [line(cells) for cells in body]
         n, bad = len(self.rows), len(self.failed)
+        what = f"{n} leaves"
+        if any(r.name == INPUT_ROW for r in self.rows):  # the library form's dJ/dX row
+            what = f"{n - 1} leaves and {INPUT_ROW}"
         summary = (
-            f"all {n} leaves within tolerance" if bad == 0
-            else f"{bad} of {n} leaves over tolerance"
+            f"all {what} within tolerance" if bad == 0
+            else f"{bad} of {what} over tolerance"
         )
         lines.append(f"{summary} (max rel. error {self.max_error:.3g} against jax.grad)")
         return "\n".join(lines)
@@ -380,7 +386,7 @@ def check_gradients(
     rows = [_row(leaf_name(path), o, r, rtol, fd, fd_rtol)
             for (path, r), o, fd in zip(ref_leaves, jax.tree_util.tree_leaves(ours), fd_errors)]
     if input_row is not None:
-        rows.append(_row("dJ/dX", *input_row(), rtol, None, fd_rtol))
+        rows.append(_row(INPUT_ROW, *input_row(), rtol, None, fd_rtol))
     return GradientReport(rows=tuple(rows))
 
 

@@ -10,8 +10,11 @@ Examples (docs/cli.md has one for every option)::
     functional-bp train --data moons --hidden 16 16 --activation tanh --epochs 100
     functional-bp train --resume runs/digits/params.npz --epochs 10 --out runs/more
     functional-bp train --data mnist1d --val-fraction 0.1 --patience 10 --schedule cosine
+    functional-bp train --data mnist1d --model cnn --out runs/cnn   # a named network
+    functional-bp train --model "dense 64, relu, res(layernorm, dense 64, gelu)"
     functional-bp check runs/digits/params.npz       # the per-layer proof
     functional-bp check runs/digits/params.npz --data digits   # ... on real rows
+    functional-bp check --model resmlp --data digits            # a random network
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .mlp import SCHEMES
 
 OPTIMIZERS = ("sgd", "momentum", "adam")  # functional_bp.train's, without importing jax
 SCHEDULES = ("constant", "cosine", "exponential", "warmup-cosine")
+MODEL_NAMES = ("mlp", "resmlp", "cnn")  # functional_bp.models' named networks, without jax
 
 
 class UsageError(Exception):
@@ -109,14 +113,15 @@ def closed_fraction(text):
 TRAIN_DEFAULTS = dict(
     data="digits", test_data=None, task="auto", test_fraction=None, split_seed=None,
     val_fraction=None, standardize=True,
-    hidden=[256], activation=["relu"], output_activation="identity", loss=None,
+    model=None, hidden=[256], activation=["relu"], output_activation="identity", loss=None,
     init="he", optimizer="adam", lr=1e-3, momentum=0.9, schedule="constant",
     warmup_steps=None, decay_rate=0.1, final_lr_fraction=0.0, batch_size=32, l2=0.0,
     seed=0, patience=None,
 )
 """The configuration of a run with no options (what a resumed run keeps).
 
-``None`` means: ``test_fraction`` 0.2 unless the data come with their test
+``None`` means: ``model`` the dense chain of ``hidden`` and ``activation``;
+``test_fraction`` 0.2 unless the data come with their test
 part; ``split_seed`` the value of ``seed``; ``val_fraction`` no validation
 part; ``loss`` ``softmax_cross_entropy`` for classification and ``mse`` for
 regression; ``warmup_steps`` a tenth of the schedule's steps; ``patience``
@@ -130,8 +135,8 @@ DEFAULT_SAVE_EVERY = 10
 def add_train(sub):
     p = sub.add_parser(
         "train", help="train a network with the hand-derived gradients",
-        description="Train an MLP by minibatch gradient descent with the hand-derived "
-        "backward pass; write metrics.json, params.npz and curves.png (and best.npz "
+        description="Train a network (the dense chain of --hidden, or a --model) by "
+        "minibatch gradient descent with the hand-derived backward pass; write metrics.json, params.npz and curves.png (and best.npz "
         "with a validation part) into --out. Each option's default is in brackets.",
     )
     d = TRAIN_DEFAULTS
@@ -156,16 +161,23 @@ def add_train(sub):
                    const=False, help="feed the features as they are [off: each feature is "
                    "shifted and scaled to mean 0, std 1 on the training part]")
     g = p.add_argument_group("network")
+    g.add_argument("--model", metavar="NAME|TEXT",
+                   help="a named network (" + ", ".join(MODEL_NAMES) + ") or a layer "
+                   "stack in the compact text form, e.g. \"dense 64, relu, dense 64, relu\" "
+                   "(see docs/cli.md); the last layer maps to the data's outputs [none: "
+                   "the dense chain of --hidden and --activation]")
     g.add_argument("--hidden", type=positive_int, nargs="*", metavar="N",
-                   help="hidden layer widths; none for a linear model [256]")
+                   help="hidden layer widths of the dense chain; none for a linear model "
+                   "[256]")
     g.add_argument("--activation", nargs="+", choices=sorted(ACTIVATIONS), metavar="NAME",
-                   help=f"one for every hidden layer, or one per hidden layer; "
-                   f"{', '.join(sorted(ACTIVATIONS))} [relu]")
+                   help=f"of the dense chain: one for every hidden layer, or one per hidden "
+                   f"layer; {', '.join(sorted(ACTIVATIONS))} [relu]")
     g.add_argument("--output-activation", choices=sorted(ACTIVATIONS), metavar="NAME",
                    help="activation of the last layer [identity]")
     g.add_argument("--loss", choices=sorted(LOSSES),
                    help="[softmax_cross_entropy for classes, mse for regression]")
-    g.add_argument("--init", choices=sorted(SCHEMES), help="weight init scheme [he]")
+    g.add_argument("--init", choices=sorted(SCHEMES), help="weight init scheme of the dense "
+                   "chain (a --model's layers use their own, he for Dense) [he]")
     g = p.add_argument_group("optimization")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS), help="[adam]")
     g.add_argument("--lr", type=positive_float, help="learning rate eta (the peak, with a "
@@ -263,7 +275,11 @@ def _train_config(args):
     """The run's configuration: defaults, or the checkpoint's when resuming."""
     given = _given(args)
     if args.resume is None:
-        return {**TRAIN_DEFAULTS, **given}, None
+        config = {**TRAIN_DEFAULTS, **given}
+        _check_model_options(config, given, resumed=False)
+        if config["model"] is not None:  # the dense chain's options do not apply
+            config.update(hidden=None, activation=None, init=None)
+        return config, None
     from .checkpoint import read_metadata
 
     try:
@@ -275,6 +291,7 @@ def _train_config(args):
             or not set(config) <= set(TRAIN_DEFAULTS) | {"schedule_steps"}:
         raise UsageError("--resume", f"{args.resume} was not written by 'functional-bp train'")
     config = {**TRAIN_DEFAULTS, **config}  # a run from before an option existed: its default
+    _check_model_options(config, given, resumed=True)
     for k, v in given.items():
         if v != config[k]:
             raise UsageError(
@@ -283,6 +300,75 @@ def _train_config(args):
                 "keeps its configuration",
             )
     return config, meta
+
+
+DENSE_CHAIN_OPTIONS = ("hidden", "activation", "init")
+
+
+def _check_model_options(config, given, *, resumed):
+    """--hidden, --activation and --init describe the dense chain: refused with --model."""
+    if config["model"] is None:
+        return
+    for k in DENSE_CHAIN_OPTIONS:
+        if k in given:
+            where = " (the resumed run's)" if resumed else ""
+            raise UsageError(f"--{k}", f"goes with the dense chain; --model "
+                             f"{config['model']!r}{where} sets its own layers: drop --{k}")
+
+
+def _network(text, input_shape, n_outputs, output_activation, option="--model"):
+    """The Sequential of --model NAME|TEXT for examples of ``input_shape``, or a usage error.
+
+    A named model (:data:`MODEL_NAMES`) or a text stack from
+    :mod:`functional_bp.models`, ending in ``n_outputs`` outputs; an
+    ``output_activation`` other than identity is appended as its last layer.
+    """
+    from . import models
+    from .layers import Activation, Sequential
+
+    try:
+        net = models.build(text, n_outputs)
+    except (ValueError, TypeError) as e:
+        raise UsageError(option, str(e)) from None
+    if output_activation not in (None, "identity"):
+        net = Sequential(*net.layers, Activation(output_activation))
+    _check_fits(net, input_shape, n_outputs, option, f"{text!r}")
+    return net
+
+
+def _check_fits(net, input_shape, n_outputs, option, what):
+    """A usage error unless ``net`` maps one example of ``input_shape`` to (n_outputs,)."""
+    try:
+        out = tuple(net.output_shape(tuple(input_shape)))
+    except (ValueError, TypeError) as e:
+        raise UsageError(option, f"{what} does not take examples of shape "
+                         f"{tuple(input_shape)}: {e}") from None
+    if n_outputs is not None and out != (n_outputs,):
+        raise UsageError(option, f"{what} maps an example of shape {tuple(input_shape)} to "
+                         f"shape {out}; the data need ({n_outputs},): end the stack with "
+                         f"a flatten and a dense {n_outputs}")
+
+
+def _resumed_network(path, meta, input_shape, n_outputs):
+    """The network a --model run recorded in its checkpoint, checked against the data."""
+    from .layers import from_config
+
+    if "network" not in meta:
+        raise UsageError("--resume", f"{path} holds a dense chain, but its configuration "
+                         "names a --model; it was not written by 'functional-bp train'")
+    try:
+        net = from_config(meta["network"])
+    except (ValueError, TypeError) as e:
+        raise UsageError("--resume", f"{path}: the recorded network cannot be rebuilt: {e}") \
+            from None
+    _check_fits(net, input_shape, n_outputs, "--resume", f"the network recorded in {path}")
+    return net
+
+
+def _has_dropout(net):
+    from .layers import Dropout
+
+    return any(isinstance(layer, Dropout) for layer in net.leaves())
 
 
 def _load_data(config, args):
@@ -478,6 +564,7 @@ def cmd_train(args):
 
     from . import __version__, init_mlp
     from .checkpoint import CheckpointError, write_json_atomically
+    from .layers import to_config
     from .train import EarlyStopping, fit, init_state, load_state, save_state
 
     if config["patience"] is not None and config["val_fraction"] is None:
@@ -485,7 +572,24 @@ def cmd_train(args):
                          "--val-fraction too")
     data = _load_data(config, args)
     loss = config["loss"] or ("mse" if data.n_classes is None else "softmax_cross_entropy")
-    sizes, activations = _layers(config, data)
+    input_shape = tuple(data.x_train.shape[1:])
+    if config["model"] is None:  # the dense chain
+        if resumed is not None and "network" in resumed:
+            raise UsageError("--resume", f"{args.resume} holds a network, but its "
+                             "configuration names none (no --model); it was not written by "
+                             "'functional-bp train'")
+        sizes, activations = _layers(config, data)
+        net = None
+        model = dict(activations=activations)
+    else:
+        sizes = activations = None
+        net = (_network(config["model"], input_shape, data.n_outputs,
+                        config["output_activation"]) if resumed is None
+               else _resumed_network(args.resume, resumed, input_shape, data.n_outputs))
+        model = dict(network=net)
+        if args.devices not in (None, 1) and _has_dropout(net):
+            raise UsageError("--devices", f"--model {config['model']!r} has Dropout, whose "
+                             "masks are drawn per batch on one device: drop --devices")
     steps_per_epoch = -(-len(data.x_train) // min(config["batch_size"], len(data.x_train)))
     epochs = _run_length(args, steps_per_epoch)
     if resumed is None:
@@ -497,7 +601,8 @@ def cmd_train(args):
     history = []
     if resumed is None:
         k_init, k_shuffle = jax.random.split(jax.random.key(config["seed"]))
-        params = init_mlp(k_init, sizes, scheme=config["init"])
+        params = (init_mlp(k_init, sizes, scheme=config["init"]) if net is None
+                  else net.init(k_init, input_shape))
         state = init_state(params, optimizer=optimizer, key=k_shuffle)
     else:
         try:
@@ -510,6 +615,7 @@ def cmd_train(args):
     if stopper is not None and resumed is not None:
         _resumed_stopper(stopper, history, args.resume, optimizer, sizes, start)
 
+    n_params = sum(int(a.size) for a in jax.tree_util.tree_leaves(state.params))
     os.makedirs(args.out, exist_ok=True)
     paths = {k: os.path.join(args.out, k) for k in
              ("params.npz", "best.npz", "metrics.json", "curves.png")}
@@ -524,6 +630,8 @@ def cmd_train(args):
             "config": {**config, "loss": loss, "epochs": state.epoch},
             "sizes": sizes,
             "activations": activations,
+            "network": None if net is None else to_config(net),
+            "n_params": n_params,
             "dataset": {"name": data.name, "task": data.task, "n_train": len(data.x_train),
                         "n_val": None if data.x_val is None else len(data.x_val),
                         "n_test": len(data.x_test)},
@@ -539,13 +647,15 @@ def cmd_train(args):
     def save(state, history, status):
         """params.npz (resumable), best.npz (if a newer best), metrics.json: each atomic."""
         upto = [r for r in history if r["epoch"] <= state.epoch]
-        save_state(paths["params.npz"], state, activations=activations, loss=loss,
-                   metadata={"config": config, "history": json_safe(upto)})
+        save_state(paths["params.npz"], state, loss=loss, **model,
+                   metadata={"config": config, "input_shape": list(input_shape),
+                             "history": json_safe(upto)})
         best = None if stopper is None else stopper.best_record
         if best is not None and saved["best"] != best["epoch"]:
-            save_state(paths["best.npz"], stopper.best_state, activations=activations,
-                       loss=loss, metadata={"config": config, "history": json_safe(
-                           [r for r in history if r["epoch"] <= best["epoch"]])})
+            save_state(paths["best.npz"], stopper.best_state, loss=loss, **model,
+                       metadata={"config": config, "input_shape": list(input_shape),
+                                 "history": json_safe([r for r in history
+                                                       if r["epoch"] <= best["epoch"]])})
             saved["best"] = best["epoch"]
         write_json_atomically(paths["metrics.json"], metrics(state, history, status, best))
 
@@ -574,14 +684,15 @@ def cmd_train(args):
     with _Interrupt() as interrupt:
         state, _ = fit(state, (data.x_train, data.y_train), (data.x_test, data.y_test),
                        val=None if data.x_val is None else (data.x_val, data.y_val),
-                       activations=activations, loss=loss, optimizer=optimizer,
+                       **model, loss=loss, optimizer=optimizer,
                        epochs=epochs, batch_size=config["batch_size"], l2=config["l2"],
                        callback=on_epoch, mesh=mesh)
     if bar is not None:
         bar.close()
     history = run["history"]
     seconds = time.perf_counter() - t_start
-    title = f"{data.name}: {sizes}, {config['optimizer']}, batch {config['batch_size']}"
+    shape = sizes if net is None else f"--model {config['model']}"
+    title = f"{data.name}: {shape}, {config['optimizer']}, batch {config['batch_size']}"
 
     if run["diverged"] is not None:
         bad, good = run["diverged"], run["good"]
@@ -617,10 +728,19 @@ def add_check(sub):
     p = sub.add_parser(
         "check", help="compare the hand-derived gradients with jax.grad, layer by layer",
         description="Load a checkpoint (or build a random network) and print, for every "
-        "W and b, the largest relative error between the hand-derived gradient and "
-        "jax.grad of the plain objective.",
+        "parameter leaf (W, b, ...; 'layer 3.2 W' is layer 2 inside layer 3) and for "
+        "dJ/dX, the largest relative error between the hand-derived gradient and "
+        "jax.grad of the plain objective. A network checkpoint rebuilds its network.",
     )
     p.add_argument("checkpoint", nargs="?", help="a params.npz written by 'train'")
+    p.add_argument("--model", metavar="NAME|TEXT",
+                   help="a random network: a named model (" + ", ".join(MODEL_NAMES) + ") "
+                   "or a text stack, as for train [none: the dense chain of --sizes]")
+    p.add_argument("--input-shape", type=positive_int, nargs="+", metavar="N",
+                   help="the shape of one example, for --model (or a network checkpoint "
+                   "that records none) [64; with --data: the data's]")
+    p.add_argument("--outputs", type=positive_int, metavar="N",
+                   help="outputs of a random --model [10; with --data: the data's]")
     p.add_argument("--sizes", type=positive_int, nargs="+", metavar="N",
                    help="layer widths n_0 ... n_L of a random network [64 32 10; with "
                    "--data: n_0 32 n_L of the data]")
@@ -663,14 +783,17 @@ def _check_data(args, config):
     return standardize(data)[0] if config["standardize"] else data
 
 
-def _data_batch(args, data, n_0, n_L, dtype):
+def _data_batch(args, data, input_shape, n_L, dtype):
     """The first --batch training rows as (x, y), y one-hot for classes."""
     import jax
     import jax.numpy as jnp
 
-    if data.n_features != n_0:
-        raise UsageError("--data", f"{args.data} has {data.n_features} features; the "
-                         f"network takes n_0 = {n_0}")
+    shape = tuple(data.x_train.shape[1:])
+    if shape != tuple(input_shape):
+        what = (f"{data.n_features} features; the network takes n_0 = {input_shape[0]}"
+                if len(shape) == len(input_shape) == 1 else
+                f"examples of shape {shape}; the network takes {tuple(input_shape)}")
+        raise UsageError("--data", f"{args.data} has {what}")
     x, y = data.x_train[:args.batch], data.y_train[:args.batch]
     if data.n_classes is None:
         if y.shape[1] != n_L:
@@ -683,26 +806,83 @@ def _data_batch(args, data, n_0, n_L, dtype):
     return jnp.asarray(x, dtype), jax.nn.one_hot(y, n_L, dtype=dtype)
 
 
+class _Checked:
+    """What ``check`` checks: params, the model (activations= or network=), loss, shapes."""
+
+    def __init__(self, params, model, loss, input_shape, n_L, describe):
+        self.params, self.model, self.loss = params, model, loss
+        self.input_shape, self.n_L, self.describe = tuple(input_shape), n_L, describe
+
+
+def _network_outputs(net, input_shape, option):
+    """n_L of a network for examples of ``input_shape`` (its output must be a vector)."""
+    _check_fits(net, input_shape, None, option, "the network")
+    out = tuple(net.output_shape(tuple(input_shape)))
+    if len(out) != 1:
+        raise UsageError(option, f"the network maps an example to shape {out}; the losses "
+                         "take one vector of outputs per example (end with a flatten and a "
+                         "dense layer)")
+    return out[0]
+
+
 def _check_network(args, data=None):
-    """(params, activations, loss) from the checkpoint or a random network."""
+    """The checkpoint's network and params, or a random one (dense chain or --model)."""
     import jax
 
     from . import init_mlp
 
+    default_loss = "mse" if data is not None and data.n_classes is None else \
+        "softmax_cross_entropy"
     if args.checkpoint is not None:
-        if args.sizes or args.activation:
-            raise UsageError("--sizes", "give a checkpoint or --sizes/--activation, not both")
+        for option in ("sizes", "activation", "model", "outputs"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option}", "describes a random network: give a "
+                                 f"checkpoint or --{option}, not both")
         from .checkpoint import load_checkpoint
 
         try:
             ckpt = load_checkpoint(args.checkpoint)
         except (OSError, ValueError) as e:
             raise UsageError("checkpoint", str(e)) from None
+        loss = args.loss or ckpt.metadata.get("loss") or default_loss
+        if ckpt.network is not None:
+            net = ckpt.network
+            recorded = ckpt.metadata.get("input_shape")
+            input_shape = (args.input_shape or (None if data is None else
+                                                list(data.x_train.shape[1:])) or recorded)
+            if not input_shape:
+                raise UsageError("checkpoint", f"{args.checkpoint} records a network but not "
+                                 "the shape of its examples: give --input-shape or --data")
+            n_L = _network_outputs(net, input_shape, "checkpoint")
+            config = ckpt.metadata.get("config")
+            name = config.get("model") if isinstance(config, dict) else None
+            return _Checked(ckpt.params, dict(network=net), loss, input_shape, n_L,
+                            f"--model {name}" if name else f"network {net!r}")
+        if args.input_shape is not None:
+            raise UsageError("--input-shape", f"{args.checkpoint} holds a dense chain, whose "
+                             "first W fixes n_0: drop --input-shape")
         activations = ckpt.metadata.get("activations")
         if not activations:
             raise UsageError("checkpoint", f"{args.checkpoint} records no activations")
-        return ckpt.params, activations, args.loss or ckpt.metadata.get("loss") or \
-            "softmax_cross_entropy"
+        sizes = [ckpt.params[0]["W"].shape[0]] + [p["W"].shape[1] for p in ckpt.params]
+        return _Checked(ckpt.params, dict(activations=activations), loss, sizes[:1],
+                        sizes[-1], f"activations {activations}")
+    if args.model is not None:
+        for option in ("sizes", "activation"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option}", f"describes the dense chain; --model "
+                                 f"{args.model!r} sets its own layers: drop --{option}")
+        input_shape = args.input_shape or ([64] if data is None else
+                                           list(data.x_train.shape[1:]))
+        n_L = args.outputs or (10 if data is None else data.n_outputs)
+        net = _network(args.model, input_shape, n_L, args.output_activation)
+        params = net.init(jax.random.key(args.seed), tuple(input_shape))
+        return _Checked(params, dict(network=net), args.loss or default_loss, input_shape,
+                        n_L, f"--model {args.model}")
+    for option in ("input_shape", "outputs"):
+        if getattr(args, option) is not None:
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(flag, "goes with --model (the dense chain's widths are --sizes)")
     sizes = args.sizes or ([64, 32, 10] if data is None else
                            [data.n_features, 32, data.n_outputs])
     if len(sizes) < 2:
@@ -714,16 +894,20 @@ def _check_network(args, data=None):
         raise UsageError("--activation", f"give one name, or one per hidden layer "
                          f"({len(sizes) - 2}); got {len(acts)}")
     params = init_mlp(jax.random.key(args.seed), sizes)
-    default_loss = "mse" if data is not None and data.n_classes is None else \
-        "softmax_cross_entropy"
-    return params, acts + [args.output_activation], args.loss or default_loss
+    activations = acts + [args.output_activation]
+    return _Checked(params, dict(activations=activations), args.loss or default_loss,
+                    sizes[:1], sizes[-1], f"activations {activations}")
 
 
-def _random_batch(key, m, n_0, n_L, loss, dtype):
+def _random_batch(key, m, input_shape, n_L, loss, dtype, vocab_size=None):
+    """Random rows: x normal (integers below ``vocab_size`` for an embedding), y by loss."""
     import jax
 
     kx, ky = jax.random.split(key)
-    x = jax.random.normal(kx, (m, n_0), dtype)
+    if vocab_size is None:
+        x = jax.random.normal(kx, (m, *input_shape), dtype)
+    else:
+        x = jax.random.randint(kx, (m, *input_shape), 0, vocab_size)
     if loss == "softmax_cross_entropy":
         y = jax.nn.one_hot(jax.random.randint(ky, (m,), 0, n_L), n_L, dtype=dtype)
     elif loss == "sigmoid_cross_entropy":
@@ -739,7 +923,6 @@ def cmd_check(args):
     import jax
     import jax.numpy as jnp
 
-    from . import grad, objective
     from .checking import check_gradients
 
     data = None
@@ -755,25 +938,31 @@ def cmd_check(args):
         data = _check_data(args, config if isinstance(config, dict) else None)
     elif args.task is not None:
         raise UsageError("--task", "goes with --data")
-    params, activations, loss = _check_network(args, data)
+    checked = _check_network(args, data)
+    net = checked.model.get("network")
+    first = None if net is None else next(net.leaves(), None)
+    dropout_key = (jax.random.key(args.seed + 2) if net is not None and _has_dropout(net)
+                   else None)
     ctx = jax.enable_x64(True) if args.float64 else contextlib.nullcontext()
     with ctx:
         dtype = jnp.float64 if args.float64 else jnp.float32
-        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-        n_0, n_L = params[0]["W"].shape[0], params[-1]["W"].shape[1]
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), checked.params)
         if data is None:
-            batch = _random_batch(jax.random.key(args.seed + 1), args.batch, n_0, n_L, loss,
-                                  dtype)
+            batch = _random_batch(jax.random.key(args.seed + 1), args.batch,
+                                  checked.input_shape, checked.n_L, checked.loss, dtype,
+                                  vocab_size=getattr(first, "vocab_size", None)
+                                  if getattr(first, "integer_input", False) else None)
         else:
-            batch = _data_batch(args, data, n_0, n_L, dtype)
-        kw = dict(activations=activations, loss=loss, l2=args.l2)
-        report = check_gradients(lambda p, b: grad(p, b, **kw),
-                                 lambda p, b: objective(p, b, **kw),
-                                 params, batch, finite_differences=args.finite_differences)
+            batch = _data_batch(args, data, checked.input_shape, checked.n_L, dtype)
+        report = check_gradients(params, batch, **checked.model, loss=checked.loss,
+                                 l2=args.l2, finite_differences=args.finite_differences,
+                                 **({} if dropout_key is None else
+                                    dict(dropout_key=dropout_key)))
     source = args.checkpoint or "random network"
     rows = f"{len(batch[0])} rows of {args.data}" if data is not None else f"{args.batch} random rows"
-    print(f"{source}: activations {activations}, loss {loss}, batch {rows}, "
-          f"{jnp.dtype(dtype).name}")
+    dropout = "" if dropout_key is None else ", dropout on (one fixed key for both sides)"
+    print(f"{source}: {checked.describe}, loss {checked.loss}, batch {rows}, "
+          f"{jnp.dtype(dtype).name}{dropout}")
     print(report)
     print("PASS: the hand-derived gradients equal jax.grad" if report.ok
           else f"FAIL: {len(report.failed)} leaf(s) over tolerance")
