@@ -49,10 +49,6 @@ import timing  # noqa: E402
 import functional_bp as fbp  # noqa: E402
 from functional_bp import _validate  # noqa: E402
 from functional_bp.mlp import objective_from_arrays  # noqa: E402
-from functional_bp.per_example import (  # noqa: E402
-    clipped_grad_from_arrays,
-    per_example_grad_norms_from_arrays,
-)
 
 SIZES = [784, 1024, 1024, 10]
 M = 256
@@ -147,18 +143,13 @@ def run(sizes=SIZES, m=M, *, clip_norm=CLIP_NORM, blocks=5, reps=1, warmup=2,
     ours_clip = partial(fbp.clipped_grad, params, batch, clip_norm=clip_norm, **kw)
     ours_norms = partial(fbp.per_example_grad_norms, params, batch, **kw)
 
-    # Memory of the compiled programs (ours: the same jitted inner functions the
-    # public calls run).
-    p, x, y = args
-    c = jnp.asarray(clip_norm, jnp.float32)
+    # Memory of the compiled programs (ours: the public calls traced into one program).
     mem = {
-        "clipped_grad": temp_mib(jax.jit(clipped_grad_from_arrays,
-                                         static_argnames=("activations", "loss")),
-                                 p, x, y, c, c * 0, None, activations=acts, loss=loss_obj),
+        "clipped_grad": temp_mib(jax.jit(lambda p, x, y: fbp.clipped_grad(
+            p, (x, y), clip_norm=clip_norm, **kw)), *args),
         "vmap(grad) + clip": temp_mib(clipped_ref, *args),
-        "per_example_grad_norms": temp_mib(jax.jit(per_example_grad_norms_from_arrays,
-                                                   static_argnames=("activations", "loss")),
-                                           p, x, y, activations=acts, loss=loss_obj),
+        "per_example_grad_norms": temp_mib(jax.jit(lambda p, x, y: fbp.per_example_grad_norms(
+            p, (x, y), **kw)), *args),
         "vmap(grad) norms": temp_mib(norms_ref, *args),
     }
     impls = {
