@@ -67,8 +67,10 @@ def _fill(path, spec, rng):
     shape = tuple(spec.shape)
     if name == "W":
         return rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
-    if name == "b":  # non-zero, so that a wrong bias gradient cannot hide behind b = 0
+    if name in ("b", "bias"):  # non-zero, so that a wrong bias gradient cannot hide behind 0
         return 0.1 * rng.standard_normal(shape)
+    if name == "scale":  # LayerNorm's gamma, away from 1
+        return 1.0 + 0.5 * rng.standard_normal(shape)
     raise ValueError(f"no drawing rule for a parameter named {name!r}")
 
 
