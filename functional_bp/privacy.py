@@ -596,7 +596,7 @@ def _weighted_clipped_sum_traced(params, x, y, weights, clip_norm, *, view, loss
 _weighted_clipped_sum = _validate.jit_with_checks(_weighted_clipped_sum_traced)
 
 
-def _clipped_sum(params, x, y, weights, clip_norm, activations, loss):
+def _clipped_sum(params, x, y, weights, clip_norm, model, loss, mesh=None):
     """sum_i w_i clip(g_i, C) over the rows of a padded batch (w_i in {0, 1}).
 
     One backward pass with each example's weight 1, the norms from the
@@ -604,9 +604,28 @@ def _clipped_sum(params, x, y, weights, clip_norm, activations, loss):
     row i scaled by w_i c_i: dW^l = A^{l-1,T} (w c ⊙ G^l) for the dense chain
     (``per_example.clipped_sum_from_arrays``, without its noise: the noise is
     added once per step, after every chunk, by :func:`_noisy_mean`).
+    ``model`` is the activations tuple (the MLP) or a network.
+
+    With a ``mesh``, the rows are split over its ``"data"`` axis: each device
+    computes the clipped sum of its own rows (clipping is per example, so the
+    split changes nothing) and one ``psum`` adds them. No noise is drawn
+    there: the caller adds it once, to the summed result, so the step has
+    the noise of one device whatever the number of devices.
     """
-    model = _validate.resolve_model(activations, None)
-    return _weighted_clipped_sum(params, (x, y), (weights, clip_norm), model, loss)
+    if mesh is None:
+        return _weighted_clipped_sum(params, (x, y), (weights, clip_norm), model, loss)
+    from jax.sharding import PartitionSpec as P
+
+    from .parallel import DATA, pad_rows
+
+    x, y, weights = pad_rows(x, y, mesh.shape[DATA], weights)
+
+    def local(params, x, y, w):
+        total = _weighted_clipped_sum(params, (x, y), (w, clip_norm), model, loss)
+        return jax.lax.psum(total, DATA)  # the one cross-device sum
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P(DATA)),
+                         out_specs=P())(params, x, y, weights)
 
 
 def gaussian_noise(key, like, std):
@@ -628,11 +647,13 @@ def gaussian_noise(key, like, std):
                               for g, k in zip(leaves, keys)])
 
 
-def _static(activations):
-    return tuple(activations) if isinstance(activations, list) else activations
+def _static(activations, network=None):
+    """The static model of a call: the activations tuple (the MLP) or the network."""
+    return _validate.static_config(_validate.resolve_model(activations, network))[0]
 
 
-def private_batch_grad(params, batch, weights, noise_key, plan: DPPlan, *, activations, loss):
+def private_batch_grad(params, batch, weights, noise_key, plan: DPPlan, *, activations=None,
+                       network=None, loss):
     """The DP-SGD gradient of one padded batch: (sum_i w_i clip(g_i, C) + noise) / (q N).
 
     noise ~ N(0, sigma^2 C^2 I) from :func:`gaussian_noise` with
@@ -646,7 +667,8 @@ def private_batch_grad(params, batch, weights, noise_key, plan: DPPlan, *, activ
         value changes the sensitivity: only 0/1 masks keep the guarantee.
       noise_key: a ``jax.random`` key (required: there is no noiseless form).
       plan: a :class:`DPPlan`.
-      activations, loss: as in :func:`functional_bp.grad`.
+      activations, network, loss: as in :func:`functional_bp.grad` (a network
+        must have no layer that couples examples: it is refused).
 
     Returns:
       Params-shaped gradients.
@@ -666,7 +688,7 @@ def private_batch_grad(params, batch, weights, noise_key, plan: DPPlan, *, activ
     """
     _check_plan_and_key(plan, noise_key)
     return _private_batch_grad(params, tuple(batch), weights, noise_key, plan,
-                               activations=_static(activations), loss=loss)
+                               model=_static(activations, network), loss=loss)
 
 
 def _check_plan_and_key(plan, key):
@@ -678,11 +700,11 @@ def _check_plan_and_key(plan, key):
                          "step_key(jax.random.key(seed), step)")
 
 
-@partial(jax.jit, static_argnames=("plan", "activations", "loss"))
-def _private_batch_grad(params, batch, weights, noise_key, plan, *, activations, loss):
+@partial(jax.jit, static_argnames=("plan", "model", "loss"))
+def _private_batch_grad(params, batch, weights, noise_key, plan, *, model, loss):
     x, y = batch
-    total = _clipped_sum(params, x, y, weights.astype(x.dtype), plan.clip_norm, activations,
-                         loss)
+    total = _clipped_sum(params, x, y, weights.astype(_validate.network_dtype(params)),
+                         plan.clip_norm, model, loss)
     return _noisy_mean(total, noise_key, plan)
 
 
@@ -692,7 +714,8 @@ def _noisy_mean(total, noise_key, plan):
     return jax.tree_util.tree_map(lambda s, z: (s + z) / plan.denominator, total, noise)
 
 
-def private_grad(params, data, key, plan: DPPlan, *, activations, loss):
+def private_grad(params, data, key, plan: DPPlan, *, activations=None, network=None, loss,
+                 mesh=None):
     """One DP-SGD step's gradient on the whole training set, with Poisson sampling.
 
     With ``sample_key, noise_key = jax.random.split(key)``: the batch is the
@@ -709,7 +732,11 @@ def private_grad(params, data, key, plan: DPPlan, *, activations, loss):
       key: the step's key, :func:`step_key` ``(run_key, t)``.
       plan: a :class:`DPPlan` with ``sampling="poisson"`` and
         ``num_examples == N``.
-      activations, loss: as in :func:`functional_bp.grad`.
+      activations, network, loss: as in :func:`private_batch_grad`.
+      mesh: optional :class:`jax.sharding.Mesh` with a ``"data"`` axis: each
+        chunk's rows are split over it and their clipped sums added by one
+        ``psum``; the noise is drawn once, from the same key, and added after
+        that sum (the same step as on one device, up to rounding).
 
     Returns:
       Params-shaped gradients.
@@ -736,22 +763,27 @@ def private_grad(params, data, key, plan: DPPlan, *, activations, loss):
         raise ValueError(f"data has {n} examples but the plan was made for num_examples="
                          f"{plan.num_examples}: q and the accounting would be wrong; make the "
                          "plan with the training set's size")
-    return _private_grad(params, (x, y), key, plan, activations=_static(activations),
-                         loss=loss)
+    if mesh is not None:
+        from .parallel import check_mesh
+
+        mesh = check_mesh(mesh)
+    return _private_grad(params, (x, y), key, plan, model=_static(activations, network),
+                         loss=loss, mesh=mesh)
 
 
-@partial(jax.jit, static_argnames=("plan", "activations", "loss"))
-def _private_grad(params, data, key, plan, *, activations, loss):
+@partial(jax.jit, static_argnames=("plan", "model", "loss", "mesh"))
+def _private_grad(params, data, key, plan, *, model, loss, mesh=None):
     x, y = data
+    dtype = _validate.network_dtype(params)
     sample_key, noise_key = jax.random.split(key)
     cap = plan.capacity
     mask = poisson_mask(sample_key, plan.num_examples, plan.sampling_probability)
     order, size = _sampled_order(mask, cap)
 
     def chunk_sum(j):
-        indices, weights = _chunk(order, size, j, cap, x.dtype)
-        return _clipped_sum(params, x[indices], y[indices], weights, plan.clip_norm,
-                            activations, loss)
+        indices, weights = _chunk(order, size, j, cap, dtype)
+        return _clipped_sum(params, x[indices], y[indices], weights, plan.clip_norm, model,
+                            loss, mesh)
 
     def body(carry):
         j, total = carry
@@ -760,3 +792,159 @@ def _private_grad(params, data, key, plan, *, activations, loss):
     _, total = jax.lax.while_loop(lambda c: c[0] < num_chunks(size, cap), body,
                                   (jnp.int32(1), chunk_sum(0)))
     return _noisy_mean(total, noise_key, plan)
+
+
+# ----------------------------------------------------------------- private training (fit)
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Private steps per epoch: round(N / expected batch size), at least 1.
+
+    With Poisson sampling an epoch is not a pass over the data (an example
+    may be drawn twice or not at all); it is the number of steps that draws
+    N examples on average, so epochs stay comparable with shuffled training.
+
+    Example::
+
+        >>> steps_per_epoch(1437, 32), steps_per_epoch(60000, 256), steps_per_epoch(10, 64)
+        (45, 234, 1)
+    """
+    N = _count(num_examples, "num_examples")
+    m = _count(batch_size, "batch_size")
+    return max(1, round(N / m))
+
+
+def _differences(plan: DPPlan, saved: DPPlan) -> str:
+    a, b = dataclasses.asdict(plan), dataclasses.asdict(saved)
+    return "; ".join(f"{k}: saved {b[k]!r}, now {a[k]!r}" for k in a if a[k] != b[k])
+
+
+def fit_plan(dp, saved, *, num_examples: int, batch_size: int, epoch: int, epochs: int):
+    """The :class:`DPPlan` of a :func:`functional_bp.train.fit` call, or None (not private).
+
+    Args:
+      dp: the :class:`DPConfig` given to ``fit`` (or None).
+      saved: the plan the state was trained with (``state.dp``; None for a
+        new or non-private run).
+      num_examples: N, the training set's size.
+      batch_size: the expected batch size q N.
+      epoch: the state's epoch (epochs already run).
+      epochs: the epochs this call runs.
+
+    A new private run plans ``epochs * steps_per_epoch`` steps (the
+    calibration target of ``target_epsilon``). A resumed one re-makes the plan
+    from ``dp`` for the saved number of planned steps and requires it to equal
+    the saved plan, so the accounting goes on with exactly the same q, sigma,
+    C, delta and accountant.
+
+    Raises:
+      TypeError: ``dp`` is not a DPConfig.
+      ValueError: a private state continued without ``dp`` (it would train on
+        without noise), a non-private state with epochs behind it continued
+        with ``dp`` (those epochs are not accounted), a resumed run whose
+        ``dp`` gives another plan, a ``target_epsilon`` run taken past the
+        steps it was calibrated for, or ``sampling="shuffle"`` (fit samples
+        Poisson batches: the shuffled form is for :func:`private_batch_grad`).
+    """
+    if dp is None:
+        if saved is not None:
+            raise ValueError(
+                f"the state comes from a private run ({saved.describe()}); continuing it "
+                "without dp= would train on the same data without noise or clipping and "
+                "void its guarantee; pass dp= the DPConfig it was trained with")
+        return None
+    if not isinstance(dp, DPConfig):
+        raise TypeError(f"dp must be a functional_bp.privacy.DPConfig, e.g. DPConfig("
+                        f"clip_norm=1.0, noise_multiplier=1.1); got {type(dp).__name__}")
+    if dp.sampling != "poisson":
+        raise ValueError(f"fit draws Poisson batches; dp has sampling={dp.sampling!r}: use "
+                         "sampling='poisson' (or private_batch_grad on your own batches)")
+    spe = steps_per_epoch(num_examples, batch_size)
+    if saved is None:
+        if epoch != 0:
+            raise ValueError(
+                f"the state has {epoch} epochs of training without dp=: those steps saw the "
+                "data without noise and are in no accounting, so a privacy claim cannot start "
+                "here; start the private run from init_state (epoch 0)")
+        return dp.plan(num_examples=num_examples, batch_size=batch_size,
+                       steps=max(epochs, 1) * spe)
+    if not isinstance(saved, DPPlan):
+        raise TypeError(f"state.dp must be a DPPlan or None; got {type(saved).__name__}")
+    plan = dp.plan(num_examples=num_examples, batch_size=batch_size, steps=saved.steps)
+    if plan != saved:
+        raise ValueError(
+            "resuming a private run with a different DP configuration would break its "
+            f"accounting: {_differences(plan, saved)}. Resume with the configuration it was "
+            "trained with (its plan is in the checkpoint's metadata['dp']['plan']) on the "
+            "same training set and batch size, or start a new run")
+    end = (epoch + epochs) * spe
+    if saved.target_epsilon is not None and end > saved.steps:
+        raise ValueError(
+            f"this run was calibrated to reach epsilon={saved.target_epsilon:g} after "
+            f"{saved.steps} steps ({saved.steps // spe} epochs); running to epoch "
+            f"{epoch + epochs} ({end} steps) would spend epsilon "
+            f"{saved.epsilon(end):.4g}: run at most {max(saved.steps // spe - epoch, 0)} more "
+            "epochs, or start a new run with a larger target or more epochs")
+    return plan
+
+
+def epoch_record(plan: DPPlan, epoch: int) -> dict:
+    """What an epoch's history record gets from a private run: ``{"epsilon": eps}``.
+
+    eps is the accountant's epsilon at ``plan.delta`` after ``epoch *
+    steps_per_epoch`` steps; a plan without an accountant adds nothing (it
+    makes no claim).
+    """
+    if plan.accountant is None:
+        return {}
+    return {"epsilon": plan.epsilon(epoch * steps_per_epoch(plan.num_examples,
+                                                            plan.batch_size))}
+
+
+def checkpoint_metadata(plan: DPPlan, epoch: int) -> dict:
+    """``{"plan": plan.as_dict(), "steps": steps taken, "epsilon": ...}`` for a checkpoint."""
+    steps = epoch * steps_per_epoch(plan.num_examples, plan.batch_size)
+    return {"plan": plan.as_dict(), "steps": steps, **epoch_record(plan, epoch)}
+
+
+def plan_from_metadata(meta: dict, *, epoch: int, where: str = "checkpoint") -> DPPlan:
+    """The :class:`DPPlan` recorded by :func:`checkpoint_metadata`, checked against ``epoch``."""
+    try:
+        plan = DPPlan(**meta["plan"])
+        steps = int(meta["steps"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where}: its DP record {meta!r} is not a plan and a step count "
+                         f"({err})") from None
+    expected = epoch * steps_per_epoch(plan.num_examples, plan.batch_size)
+    if steps != expected:
+        raise ValueError(f"{where}: records {steps} private steps, but epoch {epoch} means "
+                         f"{expected}; the checkpoint is inconsistent")
+    return plan
+
+
+@partial(jax.jit, static_argnames=("plan", "model", "loss", "optimizer", "mesh"))
+def fit_epoch(params, opt_state, key, epoch, x, y, l2, sets, *, plan, model, loss, optimizer,
+              mesh=None):
+    """One private epoch and the metrics after it, in one compiled program.
+
+    Steps t = epoch * S, ..., (epoch + 1) * S - 1 (S = :func:`steps_per_epoch`),
+    each: g = :func:`private_grad` with ``step_key(key, t)``, plus the weight
+    decay l2 W (it does not depend on the data, so it costs no privacy), then
+    the optimizer's update. Everything random in step t comes from its key:
+    a run resumed at any epoch repeats the uninterrupted one exactly.
+    ``x``, ``y`` are the whole training set, validated (targets, not labels).
+    """
+    from .network import add_l2
+    from .train import _apply, _metrics
+
+    spe = steps_per_epoch(plan.num_examples, plan.batch_size)
+
+    def step(carry, t):
+        params, opt_state = carry
+        g = _private_grad(params, (x, y), step_key(key, t), plan, model=model, loss=loss,
+                          mesh=mesh)
+        updates, opt_state = optimizer.update(add_l2(g, params, l2), opt_state, params)
+        return (_apply(params, updates), opt_state), None
+
+    (params, opt_state), _ = jax.lax.scan(step, (params, opt_state),
+                                          epoch * spe + jnp.arange(spe))
+    return params, opt_state, _metrics(params, sets, activations=model, loss=loss)
