@@ -11,7 +11,8 @@ Examples (docs/cli.md has one for every option)::
     functional-bp train --resume runs/digits/params.npz --epochs 10 --out runs/more
     functional-bp train --data mnist1d --val-fraction 0.1 --patience 10 --schedule cosine
     functional-bp train --data mnist1d --model cnn --out runs/cnn   # a named network
-    functional-bp train --model "dense 64, relu, res(layernorm, dense 64, gelu)"
+    functional-bp train --model "resmlp width=64 blocks=1"      # ... with its options
+    functional-bp train --model "dense 64, relu, res(layernorm, dense 64, relu), dense 10"
     functional-bp check runs/digits/params.npz       # the per-layer proof
     functional-bp check runs/digits/params.npz --data digits   # ... on real rows
     functional-bp check --model resmlp --data digits            # a random network
@@ -162,10 +163,11 @@ def add_train(sub):
                    "shifted and scaled to mean 0, std 1 on the training part]")
     g = p.add_argument_group("network")
     g.add_argument("--model", metavar="NAME|TEXT",
-                   help="a named network (" + ", ".join(MODEL_NAMES) + ") or a layer "
-                   "stack in the compact text form, e.g. \"dense 64, relu, dense 64, relu\" "
-                   "(see docs/cli.md); the last layer maps to the data's outputs [none: "
-                   "the dense chain of --hidden and --activation]")
+                   help="a named network (" + ", ".join(MODEL_NAMES) + "), optionally "
+                   "with options (\"resmlp width=64 blocks=1\"), or a layer stack in the "
+                   "compact text form (\"dense 64, relu, dense 10\"; see docs/cli.md), "
+                   "whose output must fit the data [none: the dense chain of --hidden and "
+                   "--activation]")
     g.add_argument("--hidden", type=positive_int, nargs="*", metavar="N",
                    help="hidden layer widths of the dense chain; none for a linear model "
                    "[256]")
@@ -323,17 +325,66 @@ def _network(text, input_shape, n_outputs, output_activation, option="--model"):
     :mod:`functional_bp.models`, ending in ``n_outputs`` outputs; an
     ``output_activation`` other than identity is appended as its last layer.
     """
-    from . import models
     from .layers import Activation, Sequential
 
     try:
-        net = models.build(text, n_outputs)
+        net = build_model(text, n_outputs)
     except (ValueError, TypeError) as e:
         raise UsageError(option, str(e)) from None
     if output_activation not in (None, "identity"):
         net = Sequential(*net.layers, Activation(output_activation))
     _check_fits(net, input_shape, n_outputs, option, f"{text!r}")
     return net
+
+
+def build_model(text, n_outputs):
+    """``--model``: a named model, optionally with ``name=value`` options, or a text stack.
+
+    ``"resmlp"`` is ``models.resmlp(n_outputs)``; ``"resmlp width=64 blocks=1"``
+    passes the options to it (each converted to the type of its default; a
+    tuple such as mlp's ``hidden`` is written ``hidden=64,64``); anything else
+    is a text stack for :func:`functional_bp.models.build`.
+
+    Example::
+
+        >>> build_model("mlp hidden=32,16 activation=tanh", 10).layers[1:4]
+        (Dense(features=32, scale=2.0), Activation('tanh'), Dense(features=16, scale=2.0))
+    """
+    import inspect
+
+    from . import models
+
+    name, *words = text.split()
+    fn = models.MODELS.get(name.lower())
+    if fn is None or not words:
+        return models.build(text, n_outputs)
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if k != "n_outputs"}
+    def show(v):
+        return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+    known = ", ".join(f"{k}={show(v)}" for k, v in defaults.items())
+    options = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if not eq or key not in defaults:
+            raise ValueError(f"{text!r}: a named model takes options as name=value; {name} "
+                             f"takes {known} (the defaults); got {word!r}")
+        default = defaults[key]
+        try:
+            if isinstance(default, tuple):
+                options[key] = tuple(int(v) for v in value.split(",") if v)
+            elif isinstance(default, (int, float)):
+                options[key] = type(default)(value)
+            else:
+                options[key] = value
+        except ValueError:
+            raise ValueError(f"{text!r}: {key} takes "
+                             + ("integers separated by commas" if isinstance(default, tuple)
+                                else f"a{'n integer' if isinstance(default, int) else ' number'}")
+                             + f" like its default {key}={show(default)}; got {value!r}") \
+                from None
+    return fn(n_outputs, **options)
 
 
 def _check_fits(net, input_shape, n_outputs, option, what):
