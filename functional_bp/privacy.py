@@ -870,6 +870,8 @@ def fit_plan(dp, saved, *, num_examples: int, batch_size: int, epoch: int, epoch
     if not isinstance(saved, DPPlan):
         raise TypeError(f"state.dp must be a DPPlan or None; got {type(saved).__name__}")
     plan = dp.plan(num_examples=num_examples, batch_size=batch_size, steps=saved.steps)
+    # the same delta, given or by default, is the same accounting
+    plan = dataclasses.replace(plan, delta_is_default=saved.delta_is_default)
     if plan != saved:
         raise ValueError(
             "resuming a private run with a different DP configuration would break its "

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _validate
+from . import _validate, privacy
 from .backprop import backprop_from_arrays, backprop_net_arrays
 from .checkpoint import CheckpointError, load_checkpoint, save_params
 from .layers import Dropout, Layer
@@ -66,12 +66,15 @@ class TrainState(NamedTuple):
       opt_state: the optimizer's state (a pytree).
       key: the base key of the shuffle schedule; epoch e uses ``fold_in(key, e)``.
       epoch: the number of epochs completed.
+      dp: the :class:`functional_bp.privacy.DPPlan` of a private run (``fit``
+        with ``dp=``), None otherwise; it travels in checkpoints.
     """
 
     params: Any
     opt_state: Any
     key: jax.Array
     epoch: int
+    dp: Any = None
 
 
 # --- optimizers ------------------------------------------------------------
@@ -354,6 +357,9 @@ def train_epoch(state: TrainState, data, *, activations=None, network=None, loss
     """
     acts, loss, x, y, _ = _prepare(state.params, data, _model(activations, network, mesh), loss)
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
+    if state.dp is not None:
+        raise ValueError("train_epoch takes non-private steps, and this state comes from a "
+                         "private run; continue it with fit(..., dp=) and its DPConfig")
     params, opt_state, losses = _train_epoch(
         state.params, state.opt_state, state.key, state.epoch, x, y, l2,
         activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
@@ -372,17 +378,22 @@ def evaluate(params, data, *, activations=None, network=None, loss) -> dict:
     return {k: float(v) for k, v in out["data"].items()}
 
 
-def _record(epoch, metrics):
-    """One history entry from {part: {name: value}}: every metric as a Python float."""
+def _record(epoch, metrics, plan=None):
+    """One history entry from {part: {name: value}}: every metric as a Python float.
+
+    A private run (``plan``) adds ``epsilon``, spent after ``epoch`` epochs.
+    """
     record = {"epoch": int(epoch)}
     for part, values in jax.device_get(metrics).items():
         record.update({f"{part}_{k}": float(v) for k, v in values.items()})
+    if plan is not None:
+        record.update(privacy.epoch_record(plan, epoch))
     return record
 
 
 def fit(state: TrainState, train, test=None, *, activations=None, network=None, loss,
         optimizer, epochs,
-        batch_size=32, l2=0.0, callback=None, mesh=None, val=None):
+        batch_size=32, l2=0.0, callback=None, mesh=None, val=None, dp=None):
     """Train for ``epochs`` more epochs from ``state``; evaluate after each one.
 
     Args:
@@ -412,6 +423,16 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
         step's minibatch is split over it and its gradient computed by
         :func:`functional_bp.data_parallel_value_and_grad`'s array-level core
         (same results as one device, up to rounding).
+      dp: optional :class:`functional_bp.privacy.DPConfig`: private training
+        (DP-SGD). Each epoch is round(N / batch_size) steps; each step samples
+        a Poisson batch (every example with probability q = batch_size / N),
+        takes (sum of the clipped g_i + N(0, sigma^2 C^2 I)) / (q N)
+        (:func:`functional_bp.privacy.private_grad`), adds l2 W, and applies
+        the optimizer. Every record gets ``epsilon`` (at the plan's delta, from
+        the accountant); ``state.dp`` holds the plan, and a resumed run must
+        pass the same configuration (see :func:`functional_bp.privacy.fit_plan`
+        for what is refused). With ``mesh``, each device clips its rows and
+        the noise is added once, after the sum. Dropout layers are refused.
 
     Returns:
       ``(state, history)``: history is a list of dicts with ``epoch``,
@@ -427,6 +448,15 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
                                         loss)
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
     step_grads = _step_grads_on(mesh)
+    plan = privacy.fit_plan(dp, state.dp, num_examples=x.shape[0], batch_size=batch_size,
+                            epoch=state.epoch, epochs=epochs)
+    if plan is not None and _uses_key(acts):
+        raise ValueError("dp= with Dropout layers is not supported: the private step runs "
+                         "the network without dropout masks; drop the Dropout layers")
+    if plan is not None and state.key is None:
+        raise ValueError("state.key is None: private training draws each step's batch and "
+                         "noise from it (privacy.step_key(state.key, t)); make the state with "
+                         "init_state(params, optimizer=..., key=jax.random.key(seed))")
     sets = {"train": (x, y, labels)}
     if test is not None:
         sets["test"] = _prepare(state.params, test, acts, loss)[2:]
@@ -440,21 +470,27 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
         # queued while this one runs, and the metrics are read at the end.
         pending.append((epoch, metrics))
         if callback is not None:
-            history.append(_record(*pending.pop()))
+            history.append(_record(*pending.pop(), plan))
             return call(history[-1], state)
         return False
 
     stop = state.epoch == 0 and record(0, _metrics(state.params, sets, activations=acts,
                                                    loss=loss))
     for _ in range(epochs if not stop else 0):
-        params, opt_state, metrics = _fit_epoch(
-            state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
-            activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
-            step_grads=step_grads)
-        state = TrainState(params, opt_state, state.key, state.epoch + 1)
+        if plan is None:
+            params, opt_state, metrics = _fit_epoch(
+                state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
+                activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
+                step_grads=step_grads)
+        else:
+            params, opt_state, metrics = privacy.fit_epoch(
+                state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
+                plan=plan, model=acts, loss=loss, optimizer=optimizer,
+                mesh=None if mesh is None else step_grads.mesh)
+        state = TrainState(params, opt_state, state.key, state.epoch + 1, plan)
         if record(state.epoch, metrics):
             break
-    history.extend(_record(*p) for p in pending)
+    history.extend(_record(*p, plan) for p in pending)
     return state, history
 
 
@@ -547,6 +583,8 @@ def save_state(path, state: TrainState, *, activations=None, network=None, loss=
     extra["key"] = jax.random.key_data(state.key)
     extra["epoch"] = np.asarray(state.epoch, dtype=np.int64)
     meta = dict(metadata or {}, epoch=int(state.epoch), opt_leaves=len(leaves))
+    if state.dp is not None:  # a private run: its plan, steps taken and epsilon
+        meta["dp"] = privacy.checkpoint_metadata(state.dp, state.epoch)
     return save_params(path, state.params, activations=activations, network=network, loss=loss,
                        metadata=meta, extra=extra)
 
@@ -582,4 +620,10 @@ def load_state(path, *, optimizer, sizes=None):
     opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(s) for s in saved])
     key = jax.random.wrap_key_data(jnp.asarray(ckpt.extra["key"]))
     epoch = int(ckpt.extra["epoch"])
-    return TrainState(ckpt.params, opt_state, key, epoch), ckpt.metadata
+    dp = None
+    if "dp" in ckpt.metadata:
+        try:
+            dp = privacy.plan_from_metadata(ckpt.metadata["dp"], epoch=epoch, where=str(path))
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+    return TrainState(ckpt.params, opt_state, key, epoch, dp), ckpt.metadata
