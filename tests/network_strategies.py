@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
+import functional_bp as fbp
 from functional_bp import _validate
 from functional_bp import layers as fl
 from functional_bp.backprop import Backprop
@@ -50,7 +51,7 @@ from functional_bp.layers import (  # noqa: F401  (the names a case's recipe use
 from functional_bp.layers.base import abstract_init
 from functional_bp.network import objective_from_arrays
 from functional_bp.network import forward as net_forward
-from helpers import tree_errors
+from helpers import assert_backprop_close, rtol_for, tree_errors
 from strategies import ACTIVATION_NAMES, LOSS_NAMES, SCHEME_VARIANCE, TARGET_KINDS, make_targets
 
 MAX_WIDTH = 8
@@ -506,4 +507,49 @@ def assert_close_or_truth(ours, ref, rtol, prefix, truth=None) -> dict[str, floa
     if bad:
         raise AssertionError(f"leaves over rtol={rtol:g}: "
                              + ", ".join(f"{k}: {errs[k]:.3g}" for k in sorted(bad)))
+    return errs
+
+
+# --- the comparisons (the property tests and the wrong twins use these) -----------------
+
+def compare_backprop(case) -> dict[str, float]:
+    """``fbp.backprop(network=)`` against :func:`reference_backprop`, per leaf; the errors.
+
+    Loss, every grad leaf, every layer's cotangent and dJ/dX, with
+    ``helpers.assert_backprop_close`` (and, for float32, its float64 truth).
+    """
+    rtol = rtol_for(case.dtype)
+    ours = fbp.backprop(case.params, case.batch, **case.kwargs())
+    truth = float64_truth(case) if jnp.dtype(case.dtype) == jnp.float32 else None
+    return assert_backprop_close(ours, reference_backprop(case), rtol, truth)
+
+
+def compare_per_example(case) -> dict[str, float]:
+    """Per-example grads, their norms and the clipped gradient against the reference; the errors.
+
+    The reference is :func:`reference_per_example` under the call's dropout
+    key; ``clipped_grad`` draws its masks from ``fold_in(key, 1)`` (the key
+    itself is the noise's), so its reference uses that key. The clip norm is
+    the median norm (about half the examples are clipped).
+    """
+    rtol = rtol_for(case.dtype)
+    f32 = jnp.dtype(case.dtype) == jnp.float32
+    kw = case.kwargs(with_l2=False)
+    ref = reference_per_example(case, case.key)
+    truth = per_example_truth(case, case.key) if f32 else None
+    errs = assert_close_or_truth(fbp.per_example_grads(case.params, case.batch, **kw), ref, rtol,
+                                 "per_example_grads", truth)
+    errs.update(assert_close_or_truth(
+        fbp.per_example_grad_norms(case.params, case.batch, **kw), per_example_norms(ref), rtol,
+        "norms", truth and norms_truth(truth)))
+    clip_key = None if case.key is None else jax.random.fold_in(case.key, 1)
+    ref_clip, truth_clip = ref, truth
+    if clip_key is not None:
+        ref_clip = reference_per_example(case, clip_key)
+        truth_clip = per_example_truth(case, clip_key) if f32 else None
+    clip_norm = float(np.median(per_example_norms(ref_clip))) or 1.0
+    got = fbp.clipped_grad(case.params, case.batch, clip_norm=clip_norm, **kw)
+    errs.update(assert_close_or_truth(got, clipped_mean(ref_clip, clip_norm), rtol,
+                                      "clipped_grad",
+                                      truth_clip and clipped_truth(truth_clip, clip_norm)))
     return errs

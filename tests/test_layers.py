@@ -47,18 +47,13 @@ from functional_bp.layers import (
     Residual,
     Sequential,
 )
-from helpers import assert_backprop_close, assert_tree_close, rtol_for
+from helpers import assert_tree_close, rtol_for
 from network_strategies import (
-    assert_close_or_truth,
-    clipped_mean,
-    clipped_truth,
-    float64_truth,
+    compare_backprop,
+    compare_per_example,
     make_net_case,
     net_cases,
-    norms_truth,
     per_example_norms,
-    per_example_truth,
-    reference_backprop,
     reference_per_example,
 )
 from strategies import cases
@@ -127,39 +122,13 @@ atexit.register(_write_report)
 
 def check_backprop(case):
     """Loss, every grad leaf, every layer's cotangent and dJ/dX against jax.grad."""
-    rtol = rtol_for(case.dtype)
-    ours = fbp.backprop(case.params, case.batch, **case.kwargs())
-    ref = reference_backprop(case)
-    truth = float64_truth(case) if jnp.dtype(case.dtype) == jnp.float32 else None
-    errs = assert_backprop_close(ours, ref, rtol, truth)
-    record(case, errs, rtol)
+    record(case, compare_backprop(case), rtol_for(case.dtype))
     COUNTS[("backprop", jnp.dtype(case.dtype).name)] += 1
 
 
 def check_per_example(case):
     """Per-example grads, norms and the clipped gradient against vmap(grad) (or jacrev)."""
-    rtol = rtol_for(case.dtype)
-    f32 = jnp.dtype(case.dtype) == jnp.float32
-    kw = case.kwargs(with_l2=False)
-    ref = reference_per_example(case, case.key)
-    truth = per_example_truth(case, case.key) if f32 else None
-    errs = assert_close_or_truth(fbp.per_example_grads(case.params, case.batch, **kw), ref, rtol,
-                                 "per_example_grads", truth)
-    errs.update(assert_close_or_truth(
-        fbp.per_example_grad_norms(case.params, case.batch, **kw), per_example_norms(ref), rtol,
-        "norms", truth and norms_truth(truth)))
-    # clipped_grad draws its dropout masks from fold_in(key, 1) (the key itself is the noise's)
-    clip_key = None if case.key is None else jax.random.fold_in(case.key, 1)
-    ref_clip, truth_clip = ref, truth
-    if clip_key is not None:
-        ref_clip = reference_per_example(case, clip_key)
-        truth_clip = per_example_truth(case, clip_key) if f32 else None
-    clip_norm = float(np.median(per_example_norms(ref_clip))) or 1.0  # about half are clipped
-    got = fbp.clipped_grad(case.params, case.batch, clip_norm=clip_norm, **kw)
-    errs.update(assert_close_or_truth(got, clipped_mean(ref_clip, clip_norm), rtol,
-                                      "clipped_grad",
-                                      truth_clip and clipped_truth(truth_clip, clip_norm)))
-    record(case, errs, rtol)
+    record(case, compare_per_example(case), rtol_for(case.dtype))
     COUNTS[("per_example", jnp.dtype(case.dtype).name)] += 1
 
 
