@@ -13,6 +13,8 @@ same as ``jax.jit(jax.value_and_grad(objective))``.
 
 from __future__ import annotations
 
+import inspect
+from collections import OrderedDict
 from functools import partial
 from typing import Callable, Sequence
 
@@ -185,6 +187,8 @@ def resolve_model(activations, network):
     """The static model of a public call: the ``activations`` sequence or the ``network``."""
     from .layers import Sequential
 
+    reject_traced_config("activations", activations)
+    reject_traced_config("network", network)
     if (activations is None) == (network is None):
         raise TypeError(
             "pass exactly one of activations= (the dense chain, one activation per layer) "
@@ -239,15 +243,21 @@ def prepare_model(params, batch, model, loss):
 
     ``model`` is an activations sequence (the MLP) or a ``Sequential``;
     ``view`` converts between the user's params structure and the network's.
+    The derivative ``dg`` of every user-written activation is checked against
+    the shape and dtype of its input (abstractly, while tracing), so a
+    mistake is reported with the layer's number.
     """
     from .layers import Layer
-    from .network import MLPView, NetworkView, mlp_network
+    from .network import MLPView, mlp_network, network_view
 
+    reject_traced_config("loss", loss)
     loss = get_loss(loss)
     x, y = check_batch(batch)
     if isinstance(model, Layer):
-        view = NetworkView(model)
+        view = network_view(model, params)
+        params = view.to_net(params)
         x, out = check_network_x(x, model, params)
+        check_network_derivatives(model, params, x)
         y = check_y(y, x.shape[0], out[0], loss, dtype=network_dtype(params))
         return view, params, loss, x, y
     sizes = check_params(params)
@@ -255,8 +265,44 @@ def prepare_model(params, batch, model, loss):
     view = MLPView(mlp_network(acts, tuple(sizes[1:])), type(params))
     dtype = params_dtype(params)
     x = check_x(x, sizes[0], dtype=dtype)
+    for l, (layer, n) in enumerate(zip(view.net.layers[1::2], sizes[1:]), 1):
+        if not _builtin(layer):
+            layer.check_derivative(jax.ShapeDtypeStruct((x.shape[0], n), dtype), f"layer {l}")
     y = check_y(y, x.shape[0], sizes[-1], loss, dtype=dtype)
     return view, view.to_net(params), loss, x, y
+
+
+def _builtin(layer) -> bool:
+    """Whether an Activation layer holds one of the built-in (tested) activations."""
+    from .activations import ACTIVATIONS
+
+    return ACTIVATIONS.get(layer.fn.name) is layer.fn
+
+
+def check_network_derivatives(net, params, x):
+    """Check every user-written activation's dg in ``net`` on the input it will see.
+
+    The inputs Z of the Activation layers are their forward caches, found by
+    tracing the forward abstractly (``jax.eval_shape``, nothing computed);
+    layers are named as :meth:`Sequential.check` names them ("layer 3.layer 2"
+    for the second layer of the third). Networks with built-in activations
+    only skip the trace.
+    """
+    from .layers import Activation, Sequential
+
+    if all(_builtin(l) for l in net.leaves() if isinstance(l, Activation)):
+        return
+    caches = jax.eval_shape(lambda p, x: net.forward(p, x)[1], params, x)
+
+    def walk(layers, caches, prefix):
+        for i, (layer, cache) in enumerate(zip(layers, caches), 1):
+            where = f"{prefix}layer {i}"
+            if isinstance(layer, Sequential):
+                walk(layer.layers, cache, where + ".")
+            elif isinstance(layer, Activation) and not _builtin(layer):
+                layer.check_derivative(cache, where)
+
+    walk(net.layers, caches, "")
 
 
 def static_config(activations, loss=None):
@@ -266,6 +312,8 @@ def static_config(activations, loss=None):
     ours (which entry, which names are valid), not jit's "non-hashable static
     argument".
     """
+    reject_traced_config("activations", activations)
+    reject_traced_config("loss", loss)
     if isinstance(activations, list):
         activations = tuple(activations)
     try:
@@ -298,6 +346,94 @@ def _is_number(v) -> bool:
     return type(v) in (int, float) and v == v  # a NaN would never find its trace again
 
 
+def _is_traced(v) -> bool:
+    return isinstance(v, (jax.core.Tracer, jax.Array))
+
+
+def reject_traced_config(name: str, value):
+    """Raise when static configuration arrives as an array or a tracer.
+
+    ``activations``, ``network`` and ``loss`` choose the program itself, so
+    they cannot be traced arguments of ``jax.jit`` or ``jax.vmap``.
+    """
+    entries = value if isinstance(value, (list, tuple)) else (value,)
+    if any(_is_traced(v) for v in entries):
+        raise TypeError(
+            f"{name} is static configuration (it selects the compiled program), but it "
+            f"arrived as an array or traced value: {value!r}. Keep the configuration out "
+            "of the arguments jax.jit or jax.vmap trace, e.g. jax.jit(functools.partial("
+            "fbp.value_and_grad, activations=('relu', 'identity'), loss='mse')) or "
+            "jax.jit(fbp.value_and_grad, static_argnames=('activations', 'loss')) with "
+            "activations given as a tuple (a jitted function cannot take strings as array "
+            "arguments)"
+        )
+
+
+def check_l2(l2):
+    """Check the weight decay ``l2``: a real scalar, and finite and >= 0 where its value is known.
+
+    Python numbers, NumPy arrays and concrete JAX arrays are checked at the
+    call (a concrete JAX array costs one read of its value); a traced ``l2``
+    (under a user's ``jax.jit``, ``jax.vmap`` or ``jax.grad``) has its shape
+    and dtype checked, its value cannot be.
+    """
+    if isinstance(l2, (bool, np.bool_)) or isinstance(l2, complex) or (
+            not isinstance(l2, (int, float)) and not hasattr(l2, "dtype")):
+        raise TypeError(
+            f"l2 must be a real number >= 0 (the weight decay); got {l2!r} of type "
+            f"{type(l2).__name__}: pass e.g. l2=1e-4, or 0.0 for none"
+        )
+    if isinstance(l2, (int, float)):
+        value = l2
+    else:
+        shape, dtype = _shape(l2), l2.dtype
+        if dtype == bool or not (jnp.issubdtype(dtype, jnp.floating)
+                                 or jnp.issubdtype(dtype, jnp.integer)):
+            raise TypeError(
+                f"l2 must be a real number >= 0; got an array of dtype {dtype}: pass a "
+                "float, e.g. jnp.asarray(1e-4)"
+            )
+        if shape != ():
+            raise ValueError(
+                f"l2 must be a scalar (shape ()), one weight decay for every W; got an "
+                f"array of shape {shape}: pass a number or a 0-d array"
+            )
+        if isinstance(l2, jax.core.Tracer):
+            return
+        value = float(np.asarray(l2))
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"l2 must be finite and >= 0 (the weight decay (l2/2) sum ||W||^2); got {value}: "
+            "pass e.g. l2=1e-4, or 0.0 for none"
+        )
+
+
+def params_as_arrays(params):
+    """``params`` with every dict entry given as (nested) Python lists or numbers made an array.
+
+    Lists and tuples outside the dicts are structure (layers) and are kept;
+    inside a layer's dict, a list such as ``{"W": [[1.0, 2.0]], ...}`` is one
+    array (``jnp.asarray``: the default float dtype). Without this, jit would
+    flatten it into one scalar argument per number. Returns ``params`` itself
+    (no copy) when there is nothing to convert.
+    """
+    if isinstance(params, dict):
+        if all(hasattr(v, "shape") for v in params.values()):
+            return params
+        return {k: jnp.asarray(v) if isinstance(v, (list, tuple, int, float)) else v
+                for k, v in params.items()}
+    if isinstance(params, (list, tuple)):
+        converted = [params_as_arrays(p) for p in params]
+        if all(c is p for c, p in zip(converted, params)):
+            return params
+        return type(params)(converted)
+    return params
+
+
+COMPILED_CACHE_SIZE = 32
+"""How many compiled configurations each public function keeps (least recently used first out)."""
+
+
 def jit_with_checks(from_arrays: Callable) -> Callable:
     """``from_arrays(net_params, x, y, *args, view, loss)`` as a public entry
     ``f(params, batch, args, model, loss)``: jitted, checks run while tracing.
@@ -305,30 +441,47 @@ def jit_with_checks(from_arrays: Callable) -> Callable:
     - ``model`` is the ``activations`` sequence (the MLP) or a network
       (``layers.Sequential``); :func:`prepare_model` validates the call and
       gives ``from_arrays`` the network's params and a ``view`` that maps
-      results back to the user's structure.
+      results back to the user's structure (a list stays a list, a tuple a
+      tuple).
     - The checks depend only on what jit caches a trace on: the structure,
       shapes and dtypes of ``params`` and ``batch`` and the static
       configuration. Running them inside the trace checks every new
       combination once and costs nothing on the calls that reuse a trace;
       errors are still raised at the call (tracing happens inside it).
+      ``from_arrays``'s argument named ``l2``, if any, is checked at every
+      call by :func:`check_l2` (its value may change without a new trace).
     - The configuration (the model, the loss, and the Python numbers among
       ``args`` such as ``l2`` or ``clip_norm``) is compiled in: one
-      ``jax.jit`` of a ``partial`` per configuration, kept in a dict, called
-      with arrays only. That is how ``jax.jit(jax.value_and_grad(partial(
-      objective, ...)))`` is called, so a repeated call costs the same
-      dispatch. A new number compiles anew; arrays (and tracers, under a
-      user's jit or vmap) stay dynamic.
-    - The batch goes through :func:`array_batch`.
+      ``jax.jit`` of a ``partial`` per configuration, called with arrays
+      only. That is how ``jax.jit(jax.value_and_grad(partial(objective,
+      ...)))`` is called, so a repeated call costs the same dispatch. A new
+      number compiles anew; arrays (and tracers, under a user's jit or vmap)
+      stay dynamic. To sweep a value (``l2=jnp.asarray(v)`` for each v)
+      without recompiling, pass it as an array: one program serves every value.
+    - The compiled configurations are kept in a least-recently-used cache of
+      :data:`COMPILED_CACHE_SIZE` entries per public function (``f.compiled``,
+      an ``OrderedDict``); the oldest is dropped, with its programs, when a
+      new one would exceed it, so a sweep over Python numbers cannot grow
+      memory without bound (it still compiles once per value).
+    - Params given as nested Python lists inside the layer dicts are made
+      arrays (:func:`params_as_arrays`); the batch goes through
+      :func:`array_batch`.
     """
+    names = [p.name for p in inspect.signature(from_arrays).parameters.values()
+             if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD][3:]
+    l2_at = names.index("l2") if "l2" in names else None
 
     def traced(params, batch, *args, model, loss, numbers):
         view, net_params, loss, x, y = prepare_model(params, batch, model, loss)
         args = tuple(a if n is None else n for a, n in zip(args, numbers))
         return from_arrays(net_params, x, y, *args, view=view, loss=loss)
 
-    compiled = {}
+    compiled: OrderedDict = OrderedDict()
 
     def call(params, batch, args, model, loss):
+        if l2_at is not None:
+            check_l2(args[l2_at])
+        params = params_as_arrays(params)
         batch = array_batch(batch)
         model, loss = static_config(model, loss)
         numbers = tuple(a if _is_number(a) else None for a in args)
@@ -337,6 +490,11 @@ def jit_with_checks(from_arrays: Callable) -> Callable:
         if f is None:
             f = compiled[key] = jax.jit(partial(traced, model=model, loss=loss,
                                                 numbers=numbers))
+            while len(compiled) > COMPILED_CACHE_SIZE:
+                compiled.popitem(last=False)
+        else:
+            compiled.move_to_end(key)
         return f(params, batch, *(None if n is not None else a for a, n in zip(args, numbers)))
 
+    call.compiled = compiled
     return call

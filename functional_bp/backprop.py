@@ -111,7 +111,10 @@ def backprop(params, batch, *, activations=None, network=None, loss, l2=0.0,
         (the dense chain), or
       network: a :class:`functional_bp.layers.Sequential`.
       loss: a loss name or :class:`~functional_bp.losses.Loss`.
-      l2: weight decay on every W (J gains (l2/2) sum ||W||^2).
+      l2: weight decay on every W (J gains (l2/2) sum ||W||^2), a real number
+        >= 0. A Python number is compiled in: each new value compiles a new
+        program (the last ``_validate.COMPILED_CACHE_SIZE`` are kept). To sweep
+        it without recompiling, pass an array, ``l2=jnp.asarray(value)``.
       key: a ``jax.random`` key for Dropout layers (None: evaluation, no dropout).
 
     Returns:

@@ -53,6 +53,7 @@ def make_custom_vjp_objective(backward: Callable, *, activations=None, network=N
     passes :func:`backward_from_trace`; tests pass a deliberately wrong rule
     to show that theirs is the one ``jax.grad`` runs.
     """
+    _validate.check_l2(l2)
     model = _validate.resolve_model(activations, network)
     if not isinstance(model, Layer):
         model, _ = _validate.static_config(model)
@@ -90,7 +91,7 @@ def make_custom_vjp_objective(backward: Callable, *, activations=None, network=N
 
     def objective(params, batch):
         """J(params, batch), equal to functional_bp.objective; jax.grad runs our rule."""
-        return J_checked(params, _validate.array_batch(batch))
+        return J_checked(_validate.params_as_arrays(params), _validate.array_batch(batch))
 
     return objective
 

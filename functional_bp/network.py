@@ -16,7 +16,7 @@ Activation entries (:class:`MLPView` converts both ways).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,15 +93,36 @@ class MLPView(NamedTuple):
 
 
 class NetworkView(NamedTuple):
-    """The ``network=`` form: nothing to convert."""
+    """The ``network=`` form: the params are the network's own.
+
+    ``structure``, when set, is the tree structure of params given with
+    tuples in place of lists: ``to_net`` makes them lists (the network's
+    structure) and ``grads`` gives results back in the user's structure.
+    """
 
     net: Sequential
+    structure: Any = None
 
     def to_net(self, params):
-        return params
+        return params if self.structure is None else _as_lists(params)
 
     def grads(self, tree):
-        return tree
+        if self.structure is None:
+            return tree
+        return self.structure.unflatten(jax.tree_util.tree_leaves(tree))
 
     def deltas(self, cots):
         return cots
+
+
+def _as_lists(tree):
+    return [_as_lists(t) for t in tree] if isinstance(tree, (list, tuple)) else tree
+
+
+def _has_tuple(tree) -> bool:
+    return isinstance(tree, tuple) or (isinstance(tree, list) and any(map(_has_tuple, tree)))
+
+
+def network_view(net, params) -> NetworkView:
+    """The view of ``network=`` params, remembering their structure when it has tuples."""
+    return NetworkView(net, jax.tree_util.tree_structure(params) if _has_tuple(params) else None)

@@ -103,9 +103,9 @@ def _view(model, params):
     """The view of the activations= (MLP) or network= form, for params already checked."""
     if isinstance(model, tuple):
         return MLPView(mlp_network(model, tuple(p["W"].shape[1] for p in params)), type(params))
-    from .network import NetworkView
+    from .network import network_view
 
-    return NetworkView(model)
+    return network_view(model, params)
 
 
 def sharded_value_and_grad(params, x, y, w, activations, loss, mesh):
@@ -213,7 +213,9 @@ def data_parallel_value_and_grad(params, batch, *, activations=None, network=Non
         (4, 2)
     """
     mesh = check_mesh(mesh)
+    _validate.check_l2(l2)
     model = _validate.resolve_model(activations, network)
+    params = _validate.params_as_arrays(params)
     view, _, loss, x, y = _validate.prepare_model(params, _validate.array_batch(batch), model,
                                                   loss)
     if network is None:  # the activations, resolved (the MLP's Activation layers)

@@ -15,9 +15,19 @@ One epoch is one jitted ``lax.scan`` over the minibatches (no Python per step):
   J_B = sum_i w_i L_i + (l2/2) sum ||W||^2 is the mean over the real rows and
   nothing is dropped.
 
-Classification data give integer labels y of shape (m,): they are turned into
-one-hot targets of width n_L for the loss, and accuracy is the share of rows
-whose largest output is the label. Regression data give targets (m, n_L).
+The targets follow the core's rules (``value_and_grad`` accepts exactly the
+same ``y``). Classification data give integer labels y of shape (m,), for a
+loss that takes them (``softmax_cross_entropy``): they mean one-hot targets
+of width n_L, and accuracy is the share of rows whose largest output is the
+label. The trainer holds the labels, so it checks 0 <= y < n_L (on the
+labels' own integer type: nothing wraps around). Regression data give
+targets (m, n_L).
+
+Training runs in float32 or float64: half-precision params (float16,
+bfloat16) are refused, since the optimizer's state and updates would be half
+precision too (adam's epsilon is 0 in float16 and its second moment
+underflows: one epoch can make every parameter NaN). Cast them first:
+``jax.tree.map(lambda a: a.astype(jnp.float32), params)``.
 
 Example::
 
@@ -50,7 +60,7 @@ from .backprop import backprop_from_arrays, backprop_net_arrays
 from .checkpoint import CheckpointError, load_checkpoint, save_params
 from .layers import Dropout, Layer
 from .mlp import forward_trace
-from .network import NetworkView
+from .network import network_view
 from .network import forward as network_forward
 from .parallel import DataParallelStep, check_mesh
 
@@ -192,7 +202,8 @@ def _step_grads(params, x, y, w, l2, activations, loss, key=None):
     network, whose Dropout layers draw their masks from ``key``.
     """
     if isinstance(activations, Layer):
-        r = backprop_net_arrays(params, x, y, l2, key, view=NetworkView(activations), loss=loss,
+        view = network_view(activations, params)
+        r = backprop_net_arrays(view.to_net(params), x, y, l2, key, view=view, loss=loss,
                                 weights=w)
     else:
         r = backprop_from_arrays(params, x, y, l2, activations, loss, weights=w)
@@ -290,28 +301,65 @@ def _fit_epoch(params, opt_state, base_key, epoch, x, y, l2, sets, *, activation
 
 
 # --- validation ----------------------------------------------------------------
-def _prepare(params, data, model, loss):
+def _prepare(params, data, model, loss, part="data"):
     """Validate once; return (model, Loss, x, targets, labels or None).
 
+    The target rules are the core's (:func:`_validate.prepare_model`): integer
+    labels (m,) only for a loss that takes them, made one-hot there. The
+    labels are also kept, as int32, for the accuracy; they are on the host
+    here, so their range is checked (:func:`_check_labels`) before any cast.
     ``model`` comes back static and resolved: the activations tuple or the network.
     """
     x, y = _validate.array_batch(data)
-    y_shape = tuple(np.shape(y))
-    y_dtype = getattr(y, "dtype", np.asarray(y).dtype)
+    view, _, loss, x, targets = _validate.prepare_model(params, (x, y), model, loss)
     labels = None
-    if len(y_shape) == 1 and jnp.issubdtype(y_dtype, jnp.integer):
-        if isinstance(model, Layer):
-            n_L = _validate.check_network_x(x, model, params)[1][0]
-            dtype = _validate.network_dtype(params)
-        else:
-            n_L = _validate.check_params(params)[-1]
-            dtype = _validate.params_dtype(params)
-        labels = jnp.asarray(y, dtype=jnp.int32)
-        y = jax.nn.one_hot(labels, n_L, dtype=dtype)
-    view, _, loss, x, y = _validate.prepare_model(params, (x, y), model, loss)
+    if targets.ndim == 2 and np.ndim(y) == 1:  # labels, accepted by the loss
+        labels = jnp.asarray(_check_labels(y, targets.shape[1], part), dtype=jnp.int32)
     if not isinstance(model, Layer):
         model = tuple(layer.fn for layer in view.net.layers[1::2])
-    return model, loss, x, y, labels
+    return model, loss, x, targets, labels
+
+
+def _check_labels(y, n_L, part):
+    """Integer labels y (m,) as a host array, after checking 0 <= y < n_L.
+
+    The core cannot check them under tracing (a label outside [0, n_L) gives an
+    all-zero target row there); the trainer holds them, so it does. The check
+    runs on the labels' own integer type: an int64 label of 2**32 is refused,
+    not wrapped to 0 by a cast to int32.
+    """
+    if isinstance(y, jax.core.Tracer):
+        return y
+    labels = np.asarray(y)
+    low, high = labels.min(), labels.max()
+    if high >= n_L or low < 0:
+        bad = f"the largest label is {high}" if high >= n_L else f"the smallest label is {low}"
+        raise ValueError(
+            f"{part}: integer labels must be class indices in [0, n_L) = [0, {n_L}) for a "
+            f"network with n_L={n_L} outputs; {bad}. Give the last layer one output per "
+            "class, or remap the labels to 0..n_L-1"
+        )
+    return labels
+
+
+def _check_training_dtype(params):
+    """Refuse to train half-precision params (float16, bfloat16).
+
+    The optimizer's state and update would be half precision too: adam's
+    epsilon 1e-8 is 0 in float16 and its second moment underflows, so one
+    epoch can turn every parameter into NaN, and an SGD update smaller than
+    half an ulp of a weight is lost. Training runs in float32 or float64.
+    """
+    for leaf in jax.tree_util.tree_leaves(params):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating) \
+                and jnp.finfo(dtype).bits < 32:
+            raise TypeError(
+                f"fit and train_epoch train in float32 or float64; the params have dtype "
+                f"{jnp.dtype(dtype).name}, in which the optimizer's state and updates "
+                "underflow (adam turns them into NaN). Cast them before init_state: "
+                "params = jax.tree.map(lambda a: a.astype(jnp.float32), params)"
+            )
 
 
 def _model(activations, network, mesh=None):
@@ -344,6 +392,7 @@ def init_state(params, *, optimizer, key) -> TrainState:
             "params must be a non-empty list, as returned by init_mlp or network.init; got "
             f"{type(params).__name__}"
         )
+    params = _validate.params_as_arrays(params)
     return TrainState(params, optimizer.init(params), key, 0)
 
 
@@ -355,7 +404,10 @@ def train_epoch(state: TrainState, data, *, activations=None, network=None, loss
     ``mesh``, each step's minibatch is split over its ``"data"`` axis (see
     :func:`fit`).
     """
-    acts, loss, x, y, _ = _prepare(state.params, data, _model(activations, network, mesh), loss)
+    _validate.check_l2(l2)
+    _check_training_dtype(state.params)
+    acts, loss, x, y, _ = _prepare(state.params, data, _model(activations, network, mesh), loss,
+                                   "data")
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
     if state.dp is not None:
         raise ValueError("train_epoch takes non-private steps, and this state comes from a "
@@ -398,8 +450,9 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
 
     Args:
       state: from :func:`init_state` (a new run) or :func:`load_state` (resuming).
-      train: ``(x, y)``: x (m, n_0); y integer labels (m,) for classification
-        or targets (m, n_L).
+      train: ``(x, y)``: x (m, n_0); y integer labels (m,) in [0, n_L) for a
+        loss that takes labels (``softmax_cross_entropy``), or targets (m, n_L):
+        the rules of :func:`functional_bp.value_and_grad`.
       test: optional held-out ``(x, y)`` of the same kind.
       val: optional validation ``(x, y)`` of the same kind, evaluated after each
         epoch as ``val_loss`` (and ``val_accuracy``): what early stopping watches.
@@ -411,7 +464,8 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
         ``make_optimizer``, any ``optax.GradientTransformation``).
       epochs: how many epochs to run now.
       batch_size: rows per minibatch B (B > m means one batch of all rows).
-      l2: weight decay on the W's.
+      l2: weight decay on the W's, a real number >= 0 (checked). It is an
+        ordinary input of the compiled epoch: a new value does not recompile.
       callback: optional ``f(record)`` called with each history entry, right
         after its epoch; if it has a parameter named ``state`` it is called as
         ``f(record, state=...)`` with the :class:`TrainState` after that epoch.
@@ -441,11 +495,20 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
       the mean L, without the l2 term). A
       fresh run (``state.epoch == 0``) starts with the untrained network as
       epoch 0.
+
+    Raises:
+      ValueError: ``y`` of a shape the loss does not take (as the core), a
+        label outside [0, n_L) (the message names the part, the largest or
+        smallest label and n_L), ``l2`` negative, NaN or infinite.
+      TypeError: half-precision params (cast them to float32), ``l2`` not a
+        real number.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
+    _validate.check_l2(l2)
+    _check_training_dtype(state.params)
     acts, loss, x, y, labels = _prepare(state.params, train, _model(activations, network, mesh),
-                                        loss)
+                                        loss, "train")
     batch_size = min(_check_batch_size(batch_size), x.shape[0])
     step_grads = _step_grads_on(mesh)
     plan = privacy.fit_plan(dp, state.dp, num_examples=x.shape[0], batch_size=batch_size,
@@ -459,9 +522,9 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
                          "init_state(params, optimizer=..., key=jax.random.key(seed))")
     sets = {"train": (x, y, labels)}
     if test is not None:
-        sets["test"] = _prepare(state.params, test, acts, loss)[2:]
+        sets["test"] = _prepare(state.params, test, acts, loss, "test")[2:]
     if val is not None:
-        sets["val"] = _prepare(state.params, val, acts, loss)[2:]
+        sets["val"] = _prepare(state.params, val, acts, loss, "val")[2:]
     history, pending = [], []  # pending: (epoch, metrics still on the device)
     call = _callback_caller(callback)
 

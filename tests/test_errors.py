@@ -156,3 +156,173 @@ def test_init_mlp_errors():
         fbp.init_mlp(jax.random.key(0), [3, 2], scheme="xavier")
     with pytest.raises(TypeError, match="floating"):
         fbp.init_mlp(jax.random.key(0), [3, 2], dtype=jnp.int32)
+
+
+# --- l2: known bad values are refused at the call, in every function that takes l2 ---------
+def _l2_callers():
+    import jax
+
+    from functional_bp.train import fit, init_state, sgd, train_epoch
+
+    batch = (X, Y)
+
+    def fit_with(l2):
+        state = init_state(PARAMS, optimizer=sgd(0.1), key=jax.random.key(0))
+        return fit(state, batch, activations=ACTS, loss="mse", optimizer=sgd(0.1), epochs=1,
+                   l2=l2)
+
+    def train_epoch_with(l2):
+        state = init_state(PARAMS, optimizer=sgd(0.1), key=jax.random.key(0))
+        return train_epoch(state, batch, activations=ACTS, loss="mse", optimizer=sgd(0.1),
+                           batch_size=2, l2=l2)
+
+    core = {f.__name__: (lambda f: lambda l2: f(PARAMS, batch, activations=ACTS, loss="mse",
+                                                 l2=l2))(f) for f in WITH_LOSS}
+    return {
+        **core,
+        "data_parallel_value_and_grad": lambda l2: fbp.data_parallel_value_and_grad(
+            PARAMS, batch, activations=ACTS, loss="mse", l2=l2),
+        "custom_vjp_objective": lambda l2: fbp.custom_vjp_objective(
+            activations=ACTS, loss="mse", l2=l2)(PARAMS, batch),
+        "fit": fit_with,
+        "train_epoch": train_epoch_with,
+    }
+
+
+L2_CALLERS = sorted(_l2_callers())
+BAD_L2_VALUES = {
+    "negative": (-1e-3, ValueError, r"l2 must be finite and >= 0.*got -0.001"),
+    "nan": (float("nan"), ValueError, r"l2 must be finite and >= 0.*got nan"),
+    "inf": (float("inf"), ValueError, r"l2 must be finite and >= 0.*got inf"),
+    "complex": (1e-3 + 0j, TypeError, r"l2 must be a real number"),
+    "bool": (True, TypeError, r"l2 must be a real number.*bool"),
+    "numpy negative": (np.float32(-1.0), ValueError, r"l2 must be finite and >= 0"),
+    "numpy bool": (np.bool_(True), TypeError, r"l2 must be a real number"),
+    "array nan": (jnp.asarray(np.nan, jnp.float32), ValueError, r"l2 must be finite"),
+    "array negative": (jnp.asarray(-0.5), ValueError, r"l2 must be finite and >= 0.*-0.5"),
+    "complex array": (jnp.asarray(1 + 1j), TypeError, r"l2 must be a real number.*complex"),
+    "bool array": (jnp.asarray(True), TypeError, r"l2 must be a real number.*bool"),
+    "wrong shape": (jnp.ones(3), ValueError, r"l2 must be a scalar.*shape \(3,\)"),
+    "a string": ("0.1", TypeError, r"l2 must be a real number.*str"),
+}
+
+
+@pytest.mark.parametrize("name", L2_CALLERS)
+@pytest.mark.parametrize("bad", sorted(BAD_L2_VALUES))
+def test_known_bad_l2_is_refused_naming_l2(name, bad):
+    value, error, message = BAD_L2_VALUES[bad]
+    with pytest.raises(error, match=message):
+        _l2_callers()[name](value)
+
+
+@pytest.mark.parametrize("name", L2_CALLERS)
+@pytest.mark.parametrize("good", [0, 0.0, 1e-3, np.float32(0.01), jnp.asarray(0.01), 2])
+def test_valid_l2_values_are_accepted(name, good):
+    _l2_callers()[name](good)
+
+
+def test_traced_l2_of_the_wrong_shape_is_named():
+    import jax
+
+    def f(l2):
+        return fbp.value_and_grad(PARAMS, (X, Y), activations=ACTS, loss="mse", l2=l2)[0]
+
+    with pytest.raises(ValueError, match=r"l2 must be a scalar.*shape \(2,\)"):
+        jax.jit(f)(jnp.ones(2))
+    # a traced scalar cannot be checked by value: it is the number it carries
+    assert jnp.allclose(jax.jit(f)(jnp.asarray(0.25)), f(0.25))
+
+
+# --- a user's activation whose dg is not elementwise: the error names the layer ------------
+def _bad_activation(kind):
+    import jax
+
+    dg = {
+        "scalar": lambda z: jnp.asarray(1.0, z.dtype),  # broadcasts silently
+        "rows": lambda z: jnp.ones(z.shape[:1], z.dtype),  # (m,): broadcasts when m == n_l
+        "dtype": lambda z: (z > 0).astype(jnp.int32),
+    }[kind]
+    return fbp.Activation("swish", lambda z: z * jax.nn.sigmoid(z), dg)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "rows", "dtype"])
+@pytest.mark.parametrize("fn", WITH_LOSS + [fbp.per_example_grads])
+def test_wrong_dg_names_the_layer_with_activations(fn, kind):
+    # m == n_2 == 4: a dg of shape (m,) would broadcast against Z^2 (m, n_2)
+    params = [layer((3, 4), (4,)), layer((4, 4), (4,)), layer((4, 2), (2,))]
+    acts = ["relu", _bad_activation(kind), "identity"]
+    with pytest.raises(ValueError, match=r"layer 2 \(activation 'swish'\): dg\(z\) must have "
+                                         r"the shape and dtype of z, \(4, 4\) float32"):
+        fn(params, (jnp.ones((4, 3)), jnp.zeros((4, 2))), activations=acts, loss="mse")
+
+
+@pytest.mark.parametrize("kind", ["scalar", "rows", "dtype"])
+def test_wrong_dg_names_the_layer_with_a_network(kind):
+    import jax
+
+    from functional_bp import layers as fl
+
+    bad = fl.Activation(_bad_activation(kind))
+    batch = (jnp.ones((4, 3)), jnp.zeros((4, 2)))
+    net = fl.Sequential(fl.Dense(4), bad, fl.Dense(2))
+    params = net.init(jax.random.key(0), (3,))
+    with pytest.raises(ValueError, match=r"layer 2 \(activation 'swish'\): dg\(z\) must have"):
+        fbp.value_and_grad(params, batch, network=net, loss="mse")
+    nested = fl.Sequential(fl.Dense(4), fl.Residual(fl.Dense(4), bad), fl.Dense(2))
+    params = nested.init(jax.random.key(0), (3,))
+    for fn in (fbp.grad, fbp.backprop, fbp.clipped_grad):
+        kwargs = {"clip_norm": 1.0} if fn is fbp.clipped_grad else {}
+        with pytest.raises(ValueError, match=r"layer 2\.layer 2 \(activation 'swish'\)"):
+            fn(params, batch, network=nested, loss="mse", **kwargs)
+
+
+def test_a_correct_custom_activation_still_works():
+    import jax
+
+    swish = fbp.Activation("swish", lambda z: z * jax.nn.sigmoid(z),
+                           lambda z: jax.nn.sigmoid(z) * (1 + z * (1 - jax.nn.sigmoid(z))))
+    params = [layer((3, 4), (4,)), layer((4, 2), (2,))]
+    params[0]["W"] = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    ours = fbp.grad(params, (X, Y), activations=[swish, "identity"], loss="mse")
+    ref = jax.grad(fbp.objective)(params, (X, Y), activations=[swish, "identity"], loss="mse")
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+
+
+# --- static configuration that arrives traced ----------------------------------------------
+@pytest.mark.parametrize("what", ["activations", "loss", "network"])
+def test_traced_configuration_says_it_is_static_and_how_to_jit(what):
+    import jax
+
+    def f(params, batch, config):
+        kwargs = {"activations": ACTS, "loss": "mse"}
+        if what == "network":
+            kwargs.pop("activations")
+        kwargs[what] = config
+        return fbp.value_and_grad(params, batch, **kwargs)
+
+    with pytest.raises(TypeError, match=rf"{what} is static configuration.*functools\.partial"
+                                        r".*static_argnames"):
+        jax.jit(f)(PARAMS, (X, Y), jnp.zeros(2))
+
+
+def test_the_documented_ways_to_jit_give_the_direct_result():
+    import functools
+
+    import jax
+
+    direct = fbp.value_and_grad(PARAMS, (X, Y), activations=ACTS, loss="mse", l2=0.1)
+    with_partial = jax.jit(functools.partial(fbp.value_and_grad, activations=ACTS, loss="mse"))
+    with_static = jax.jit(fbp.value_and_grad, static_argnames=("activations", "loss"))
+    for J, grads in (with_partial(PARAMS, (X, Y), l2=0.1),
+                     with_static(PARAMS, (X, Y), activations=tuple(ACTS), loss="mse", l2=0.1)):
+        np.testing.assert_allclose(J, direct[0], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(direct[1])):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+# --- params given as nested Python lists ---------------------------------------------------
+def test_a_layer_given_as_a_list_is_named():
+    with pytest.raises(TypeError, match=r"layer 1: expected a dict with keys 'W' and 'b', "
+                                        r"got list"):
+        fbp.grad([[p["W"], p["b"]] for p in PARAMS], (X, Y), activations=ACTS, loss="mse")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from ..activations import Activation as ActivationFn
@@ -51,10 +52,26 @@ class Activation(Layer):
     def backward(self, params, cache, dy):
         z = cache
         dg = jnp.asarray(self.fn.dg(z))
-        if dg.shape != z.shape or dg.dtype != z.dtype:
-            raise ValueError(
-                f"activation {self.fn.name!r}: dg(z) must have the shape and dtype of z, "
-                f"{z.shape} {z.dtype}; got {dg.shape} {dg.dtype}: write dg "
-                "elementwise, e.g. with jnp.ones_like(z) for a constant"
-            )
+        self._same_as_z(z, dg, None)
         return {}, dy * dg  # dJ/dZ = dJ/dA ⊙ g'(Z)
+
+    def check_derivative(self, z, where: str):
+        """Raise unless dg(z) has the shape and dtype of z; traced abstractly, nothing computed.
+
+        ``z`` is the input this layer will see (an array or a
+        ``jax.ShapeDtypeStruct``); ``where`` names the layer in the message,
+        e.g. ``"layer 2"``. A ``dg`` that returns a scalar, or an (m,) vector
+        that happens to broadcast against z, would otherwise give wrong
+        gradients without an error.
+        """
+        dg = jax.eval_shape(lambda z: jnp.asarray(self.fn.dg(z)), z)
+        self._same_as_z(z, dg, where)
+
+    def _same_as_z(self, z, dg, where):
+        if dg.shape != z.shape or dg.dtype != z.dtype:
+            what = f"activation {self.fn.name!r}"
+            raise ValueError(
+                f"{what if where is None else f'{where} ({what})'}: dg(z) must have the shape "
+                f"and dtype of z, {tuple(z.shape)} {z.dtype}; got {tuple(dg.shape)} "
+                f"{dg.dtype}: write dg elementwise, e.g. with jnp.ones_like(z) for a constant"
+            )
