@@ -53,6 +53,9 @@ DEFAULT_RTOL = {jnp.dtype("float64"): 1e-10, jnp.dtype("float32"): 2e-5}
 FD_RTOL = 1e-6
 """Default tolerance of the float64 central-difference check."""
 
+ZERO_NOTE = "both zero"
+"""The note of a row whose gradient and reference are exactly zero."""
+
 INPUT_ROW = "dJ/dX"
 """The name of the input-gradient row that the ``network=``/``activations=`` form adds."""
 
@@ -70,7 +73,9 @@ class GradientRow:
       tolerance: the tolerance the relative error is held to.
       fd_error: worst central-difference error, or None when not run.
       fd_tolerance: its tolerance, or None when not run.
-      note: what went wrong beyond the numbers (a shape mismatch, NaN), or "".
+      note: what went wrong beyond the numbers (a shape mismatch, NaN), or
+        ``"both zero"`` when ours and the reference are exactly zero (a pass
+        that proves little: a dead unit, a saturated loss), or "".
     """
 
     name: str
@@ -126,7 +131,7 @@ class GradientReport:
                      _num(r.rel_error), _num(r.tolerance)]
             if with_fd:
                 cells += [_num(r.fd_error), _num(r.fd_tolerance)]
-            cells += ["yes" if r.ok else "NO" + (f" ({r.note})" if r.note else "")]
+            cells += [("yes" if r.ok else "NO") + (f" ({r.note})" if r.note else "")]
             body.append(cells)
         widths = [max(len(row[j]) for row in [header] + body) for j in range(len(header))]
         right = {3, 4, 5, 6, 7} & set(range(len(header) - 1))
@@ -148,6 +153,11 @@ class GradientReport:
             else f"{bad} of {what} over tolerance"
         )
         lines.append(f"{summary} (max rel. error {self.max_error:.3g} against jax.grad)")
+        zero = [r.name for r in self.rows if r.note == ZERO_NOTE]
+        if zero:
+            lines.append(f"note: {len(zero)} of {n} are exactly zero on both sides, which "
+                         "proves nothing about them (dead units, or a loss saturated on "
+                         "these rows): check on other rows or parameters")
         return "\n".join(lines)
 
     def raise_if_failed(self) -> "GradientReport":
@@ -210,7 +220,8 @@ def _errors(ours, ref) -> tuple[float, float, str]:
         return float("inf"), float("inf"), "not finite"
     diff = float(np.max(np.abs(ours - ref), initial=0.0))
     scale = float(np.max(np.abs(ref), initial=0.0))
-    return diff, (diff / scale if scale > 0 else diff), ""
+    note = ZERO_NOTE if scale == 0 and diff == 0 and ref.size else ""
+    return diff, (diff / scale if scale > 0 else diff), note
 
 
 def _default_rtol(dtype, name) -> float:

@@ -300,3 +300,17 @@ def test_bad_calls_say_which_form_they_missed():
     ]:
         with pytest.raises(TypeError, match=words):
             call()
+
+
+def test_rows_that_are_zero_on_both_sides_are_flagged():
+    """A dead relu layer passes with zero error, and the report says that proves nothing."""
+    net = fl.Sequential(fl.Dense(4), fl.Activation("relu"), fl.Dense(3))
+    params = net.init(jax.random.key(0), (4,))
+    params[0]["b"] = jnp.full((4,), -100.0)  # every unit of layer 1 is dead on these rows
+    _, batch = _net_batch(net, jnp.float32, m=5)  # unbalanced labels: dJ/db^3 is not 0
+    report = fbp.check_gradients(params, batch, network=net, loss="softmax_cross_entropy")
+    assert report.ok, str(report)
+    assert [r.name for r in report.rows if r.note == "both zero"] == [
+        "layer 1 W", "layer 1 b", "layer 3 W", "dJ/dX"]
+    table = str(report)
+    assert "yes (both zero)" in table and "note: 4 of 5 are exactly zero" in table
