@@ -24,6 +24,12 @@ pair of callables, which is wrapped into one)::
 
 Keep the same object (or the same functions) between calls: activations are
 static configuration, so new function objects mean a new compilation.
+
+A user's ``dg`` must be elementwise: return an array of z's shape and dtype
+(``jnp.ones_like(z)``, not ``1.0``). Every public function checks this while
+tracing, before anything is computed, and the error names the layer, e.g.
+``layer 2 (activation 'cube')``: a scalar or an (m,) vector would otherwise
+broadcast into wrong gradients.
 """
 
 from __future__ import annotations
