@@ -25,7 +25,6 @@ type and quantity into ``report.txt`` (also with ``HYPOTHESIS_PROFILE=thorough``
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 from collections import defaultdict
@@ -115,8 +114,6 @@ def _write_report():
         f.write("\n".join(lines) + "\n")
 
 
-atexit.register(_write_report)
-
 
 # --- the checks ----------------------------------------------------------------------
 
@@ -124,12 +121,14 @@ def check_backprop(case):
     """Loss, every grad leaf, every layer's cotangent and dJ/dX against jax.grad."""
     record(case, compare_backprop(case), rtol_for(case.dtype))
     COUNTS[("backprop", jnp.dtype(case.dtype).name)] += 1
+    _write_report()  # after every example: a run stopped by a time limit still reports
 
 
 def check_per_example(case):
     """Per-example grads, norms and the clipped gradient against vmap(grad) (or jacrev)."""
     record(case, compare_per_example(case), rtol_for(case.dtype))
     COUNTS[("per_example", jnp.dtype(case.dtype).name)] += 1
+    _write_report()
 
 
 # --- edge cases, kept as explicit examples -------------------------------------------
