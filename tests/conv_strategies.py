@@ -87,8 +87,10 @@ def make_layer_case(net, input_shape, m, loss, *, l2=0.0, dtype=jnp.float32, see
         n_L = net.output_shape(input_shape)[-1]
         params = jax.tree_util.tree_map_with_path(
             lambda p, s: jnp.asarray(_fill(p, s, rng), dtype), spec)
+        given = x
         if x is not None:
-            x = jnp.asarray(x, dtype)
+            x = np.asarray(x)
+            x = jnp.asarray(x, jnp.int32 if np.issubdtype(x.dtype, np.integer) else dtype)
         elif vocab is None:
             x = jnp.asarray(x_scale * rng.standard_normal((m, *input_shape)), dtype)
         else:
@@ -97,7 +99,8 @@ def make_layer_case(net, input_shape, m, loss, *, l2=0.0, dtype=jnp.float32, see
         y = make_targets(rng, target_kind, m, n_L, dtype)
     recipe = (f"make_layer_case({net!r}, {input_shape}, {m}, {loss!r}, l2={l2}, "
               f"dtype=jnp.{jnp.dtype(dtype).name}, seed={seed}, x_scale={x_scale}, "
-              f"target_kind={target_kind!r}, vocab={vocab})")
+              f"target_kind={target_kind!r}, vocab={vocab}"
+              + ("" if given is None else f", x=np.array({np.asarray(given).tolist()})") + ")")
     return NetCase(net, params, x, y, loss, float(l2), dtype, None, target_kind, recipe)
 
 
