@@ -117,7 +117,7 @@ TRAIN_DEFAULTS = dict(
     model=None, hidden=[256], activation=["relu"], output_activation="identity", loss=None,
     init="he", optimizer="adam", lr=1e-3, momentum=0.9, schedule="constant",
     warmup_steps=None, decay_rate=0.1, final_lr_fraction=0.0, batch_size=32, l2=0.0,
-    seed=0, patience=None,
+    seed=0, patience=None, dp_clip=None, dp_noise=None, dp_epsilon=None, dp_delta=None,
 )
 """The configuration of a run with no options (what a resumed run keeps).
 
@@ -126,7 +126,9 @@ TRAIN_DEFAULTS = dict(
 part; ``split_seed`` the value of ``seed``; ``val_fraction`` no validation
 part; ``loss`` ``softmax_cross_entropy`` for classification and ``mse`` for
 regression; ``warmup_steps`` a tenth of the schedule's steps; ``patience``
-never stop early. A run also records ``schedule_steps``, the horizon T of its
+never stop early; ``dp_clip`` None: no differential privacy (``dp_delta`` None:
+the largest power of ten <= 1/(10 N)). A run also records ``schedule_steps``,
+the horizon T of its
 learning-rate schedule (None for ``constant``)."""
 
 DEFAULT_EPOCHS = 50
@@ -207,6 +209,24 @@ def add_train(sub):
     g.add_argument("--patience", type=positive_int, metavar="N",
                    help="with --val-fraction: stop after N epochs without a lower "
                    "validation loss [none: run every epoch]")
+    g = p.add_argument_group("differential privacy (DP-SGD, Poisson sampling; needs the dp "
+                             "extra)")
+    g.add_argument("--dp-clip", type=positive_float, metavar="C",
+                   help="train privately: clip each example's gradient to norm C, sample "
+                   "each step's batch by Poisson sampling (expected size --batch-size, "
+                   "round(N / batch size) steps per epoch) and add Gaussian noise; give "
+                   "--dp-noise or --dp-epsilon too [none: not private]")
+    noise = g.add_mutually_exclusive_group()
+    noise.add_argument("--dp-noise", type=positive_float, metavar="SIGMA",
+                       help="with --dp-clip: the noise multiplier sigma (noise std sigma*C "
+                       "on the sum) [none]")
+    noise.add_argument("--dp-epsilon", type=positive_float, metavar="EPS",
+                       help="with --dp-clip: the target epsilon after the run's epochs; "
+                       "sigma is calibrated to it [none]")
+    g.add_argument("--dp-delta", type=fraction, metavar="DELTA",
+                   help="with --dp-clip: the delta of the (epsilon, delta) guarantee, "
+                   "below 1/N [the largest power of ten <= 1/(10 N), below 1/N: 1e-05 "
+                   "for digits, 1438 training rows]")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="run", metavar="DIR", help="output folder [run]")
     g.add_argument("--save-every", type=non_negative_int, default=DEFAULT_SAVE_EVERY,
@@ -481,6 +501,52 @@ def _optimizer(config):
     return make_optimizer(config["optimizer"], lr, momentum=config["momentum"])
 
 
+def _dp_config(config):
+    """The run's :class:`~functional_bp.privacy.DPConfig` from the --dp-* options, or None."""
+    given = [k for k in ("dp_noise", "dp_epsilon", "dp_delta") if config[k] is not None]
+    if config["dp_clip"] is None:
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            raise UsageError(option, "goes with --dp-clip C (private training); give --dp-clip")
+        return None
+    if config["dp_noise"] is None and config["dp_epsilon"] is None:
+        raise UsageError("--dp-clip", "private training needs the noise: give --dp-noise "
+                         "SIGMA or a target --dp-epsilon EPS")
+    from .privacy import DPConfig
+
+    try:
+        return DPConfig(clip_norm=config["dp_clip"], noise_multiplier=config["dp_noise"],
+                        target_epsilon=config["dp_epsilon"], delta=config["dp_delta"])
+    except (TypeError, ValueError) as e:
+        raise UsageError("--dp-clip", str(e)) from None
+
+
+def _dp_plan(dp, state, n_train, batch_size, epochs, args):
+    """The private run's plan (None when not private), or a usage error naming the option."""
+    from .privacy import fit_plan
+
+    try:
+        return fit_plan(dp, state.dp, num_examples=n_train,
+                        batch_size=min(batch_size, n_train), epoch=state.epoch, epochs=epochs)
+    except ValueError as e:
+        message = str(e)
+        option = ("--dp-delta" if "delta=" in message else
+                  "--epochs" if "calibrated" in message else
+                  "--resume" if args.resume is not None else "--dp-clip")
+        raise UsageError(option, message) from None
+
+
+def _dp_note(plan, n_train):
+    """The summary line's privacy part: '; DP-SGD epsilon E at delta D (...)'."""
+    if plan is None:
+        return ""
+    if plan.accountant is None:
+        return "; DP-SGD without accounting (no privacy claim)"
+    note = (f" (the default: below 1/N = 1/{n_train})" if plan.delta_is_default else "")
+    return (f"; DP-SGD clip {plan.clip_norm:g}, sigma {plan.noise_multiplier:.4g}, "
+            f"delta {plan.delta:g}{note}")
+
+
 def _run_length(args, steps_per_epoch):
     """Epochs to run now: --epochs, or --steps rounded up to whole epochs (with a note)."""
     if args.steps is None:
@@ -507,7 +573,8 @@ def _progress(epochs, quiet):
 def _summary(record):
     keys = [("train_loss", "train loss {:.4f}"), ("val_loss", "val loss {:.4f}"),
             ("test_loss", "test loss {:.4f}"), ("train_accuracy", "train acc {:.2%}"),
-            ("val_accuracy", "val acc {:.2%}"), ("test_accuracy", "test acc {:.2%}")]
+            ("val_accuracy", "val acc {:.2%}"), ("test_accuracy", "test acc {:.2%}"),
+            ("epsilon", "epsilon {:.3g}")]
     return ", ".join(fmt.format(record[k]) for k, fmt in keys if k in record)
 
 
@@ -616,6 +683,7 @@ def cmd_train(args):
     from . import __version__, init_mlp
     from .checkpoint import CheckpointError, write_json_atomically
     from .layers import to_config
+    from .privacy import checkpoint_metadata
     from .train import EarlyStopping, fit, init_state, load_state, save_state
 
     if config["patience"] is not None and config["val_fraction"] is None:
@@ -641,7 +709,18 @@ def cmd_train(args):
         if args.devices not in (None, 1) and _has_dropout(net):
             raise UsageError("--devices", f"--model {config['model']!r} has Dropout, whose "
                              "masks are drawn per batch on one device: drop --devices")
-    steps_per_epoch = -(-len(data.x_train) // min(config["batch_size"], len(data.x_train)))
+    dp = _dp_config(config)
+    if dp is not None:
+        from .privacy import steps_per_epoch as private_steps
+
+        steps_per_epoch = private_steps(len(data.x_train),
+                                        min(config["batch_size"], len(data.x_train)))
+        if net is not None and _has_dropout(net):
+            raise UsageError("--dp-clip", f"--model {config['model']!r} has Dropout, which "
+                             "private training does not support: drop it")
+    else:
+        steps_per_epoch = -(-len(data.x_train) // min(config["batch_size"],
+                                                      len(data.x_train)))
     epochs = _run_length(args, steps_per_epoch)
     if resumed is None:
         config["schedule_steps"] = (None if config["schedule"] == "constant"
@@ -662,6 +741,7 @@ def cmd_train(args):
             raise UsageError("--resume", str(e)) from None
         history = list(meta.get("history", []))
     start, end = state.epoch, state.epoch + epochs
+    plan = _dp_plan(dp, state, len(data.x_train), config["batch_size"], epochs, args)
     stopper = None if config["val_fraction"] is None else EarlyStopping(config["patience"])
     if stopper is not None and resumed is not None:
         _resumed_stopper(stopper, history, args.resume, optimizer, sizes, start)
@@ -693,6 +773,7 @@ def cmd_train(args):
             "resumed_from": args.resume,
             "seconds": round(time.perf_counter() - t_start, 3),
             "devices": args.devices or 1,
+            "dp": None if plan is None else checkpoint_metadata(plan, state.epoch),
         })
 
     def save(state, history, status):
@@ -737,7 +818,7 @@ def cmd_train(args):
                        val=None if data.x_val is None else (data.x_val, data.y_val),
                        **model, loss=loss, optimizer=optimizer,
                        epochs=epochs, batch_size=config["batch_size"], l2=config["l2"],
-                       callback=on_epoch, mesh=mesh)
+                       callback=on_epoch, mesh=mesh, dp=dp)
     if bar is not None:
         bar.close()
     history = run["history"]
@@ -764,8 +845,8 @@ def cmd_train(args):
     best = None if stopper is None else stopper.best_record
     outputs = "{metrics.json,params.npz,curves.png" + (",best.npz}" if best else "}")
     note = "" if best is None else f"; best epoch {best['epoch']}: {_summary(best)}"
-    print(f"{data.name}: {state.epoch} epochs ({status}), {_summary(history[-1])}{note}, "
-          f"{seconds:.1f} s -> {args.out}/{outputs}")
+    print(f"{data.name}: {state.epoch} epochs ({status}), {_summary(history[-1])}{note}"
+          f"{_dp_note(plan, len(data.x_train))}, {seconds:.1f} s -> {args.out}/{outputs}")
     if interrupted:
         command = ["functional-bp", "train", "--resume", paths["params.npz"], "--epochs",
                    str(end - state.epoch), "--out", args.out]

@@ -318,3 +318,82 @@ def test_data_parallel_private_training_adds_the_noise_once_on_four_devices():
     r = run_with_host_devices(4, str(TESTS / "_private_parallel_worker.py"))
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-3000:]
+
+
+# ----------------------------------------------------------------- the command line
+
+SMALL = ["--data", "xor", "--hidden", "8", "--activation", "tanh", "--quiet",
+         "--batch-size", "32", "--lr", "0.01"]  # xor: 320 training rows, 10 steps per epoch
+
+
+def _cli_metrics(out):
+    import json
+
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_cli_private_run_records_epsilon_and_resume_continues_the_accounting(tmp_path, capsys):
+    from functional_bp.cli import main
+
+    dp = ["--dp-clip", "1.0", "--dp-noise", "1.1"]
+    assert main(["train", *SMALL, *dp, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
+    line = capsys.readouterr().out
+    assert "epsilon" in line and "delta 0.0001 (the default: below 1/N = 1/320)" in line
+    full = _cli_metrics(tmp_path / "full")
+    eps = [privacy.epsilon(10 * e, sampling_probability=32 / 320, noise_multiplier=1.1,
+                           delta=1e-4) for e in (1, 2, 3)]
+    assert [r["epsilon"] for r in full["history"]] == [0.0, *eps]
+    assert full["dp"]["steps"] == 30 and full["dp"]["epsilon"] == eps[-1]
+    assert full["dp"]["plan"]["noise_multiplier"] == 1.1
+    assert f"epsilon {eps[-1]:.3g}" in line
+
+    assert main(["train", *SMALL, *dp, "--epochs", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "a" / "params.npz"), "--epochs", "1",
+                 "--quiet", "--out", str(tmp_path / "b")]) == 0
+    resumed = _cli_metrics(tmp_path / "b")
+    assert resumed["history"] == full["history"]  # the same losses, accuracies and epsilon
+    opt = _adam()  # the command line's default optimizer
+    a, _ = load_state(tmp_path / "b" / "params.npz", optimizer=opt)
+    b, _ = load_state(tmp_path / "full" / "params.npz", optimizer=opt)
+    _leaves_equal(a.params, b.params)
+    assert (a.dp.steps, b.dp.steps) == (20, 30)  # planned: 2 and 3 epochs; the rest is equal
+    assert dataclasses.replace(a.dp, steps=30) == b.dp
+
+
+@pytest.mark.parametrize("argv, option, words", [
+    (["--dp-noise", "1.0"], "--dp-noise", "goes with --dp-clip"),
+    (["--dp-delta", "1e-5"], "--dp-delta", "goes with --dp-clip"),
+    (["--dp-clip", "1.0"], "--dp-clip", "give --dp-noise SIGMA or a target --dp-epsilon"),
+    (["--dp-clip", "1.0", "--dp-noise", "1.0", "--dp-epsilon", "3"], "--dp-epsilon",
+     "not allowed with argument --dp-noise"),
+    (["--dp-clip", "1.0", "--dp-noise", "1.0", "--dp-delta", "0.01"], "--dp-delta",
+     "promises nothing"),
+    (["--dp-clip", "0", "--dp-noise", "1.0"], "--dp-clip", "expected a positive number"),
+    (["--dp-clip", "1", "--dp-noise", "0"], "--dp-noise", "expected a positive number"),
+])
+def test_cli_dp_usage_errors(tmp_path, capsys, argv, option, words):
+    from functional_bp.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--epochs", "1", *argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {option}" in err and words in err, err
+    assert "Traceback" not in err
+
+
+def test_cli_resume_refuses_another_dp_configuration_and_more_than_the_target(tmp_path,
+                                                                              capsys):
+    from functional_bp.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", *SMALL, "--dp-clip", "1", "--dp-epsilon", "2", "--epochs", "2",
+                 "--out", str(out)]) == 0
+    ckpt = str(out / "params.npz")
+    for argv, option, words in [
+            (["--dp-clip", "2"], "--dp-clip", "differs from the resumed run's"),
+            (["--dp-noise", "1.0"], "--dp-noise", "differs from the resumed run's"),
+            (["--epochs", "1"], "--epochs", "calibrated to reach epsilon=2 after 20 steps")]:
+        with pytest.raises(SystemExit) as info:
+            main(["train", "--resume", ckpt, "--quiet", *argv, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"argument {option}" in err and words in err, err
