@@ -18,9 +18,9 @@ from functional_bp.checkpoint import load_checkpoint
 from functional_bp.cli import MODEL_NAMES, main
 from functional_bp.train import init_state, save_state
 
-# a small residual MLP keeps each epoch short; the rest of the run is the defaults
-RESMLP = ["--data", "digits", "--model", "resmlp", "--batch-size", "64", "--quiet",
-          "--save-every", "0"]
+# a narrow residual MLP keeps each epoch short; the rest of the run is the defaults
+RESMLP = ["--data", "digits", "--model", "resmlp width=16 blocks=1", "--batch-size", "64",
+          "--quiet", "--save-every", "0"]
 TEXT = "dense 16, tanh, res(layernorm, dense 16, relu), dense 10"
 
 
@@ -57,7 +57,8 @@ def test_resmlp_writes_a_network_checkpoint_that_resumes_exactly_and_checks(tmp_
     ckpt = load_checkpoint(half / "params.npz")
     assert isinstance(ckpt.network, fl.Sequential)
     assert any(isinstance(layer, fl.Residual) for layer in ckpt.network.layers)
-    assert ckpt.metadata["config"]["model"] == "resmlp"
+    assert ckpt.metadata["config"]["model"] == "resmlp width=16 blocks=1"
+    assert ckpt.network == models.resmlp(10, width=16, blocks=1)
     assert ckpt.metadata["input_shape"] == [64]
     metrics = json.loads((half / "metrics.json").read_text())
     assert metrics["network"] == fl.to_config(ckpt.network) and metrics["sizes"] is None
@@ -74,7 +75,7 @@ def test_resmlp_writes_a_network_checkpoint_that_resumes_exactly_and_checks(tmp_
     capsys.readouterr()
     assert main(["check", str(more / "params.npz")]) == 0
     out = capsys.readouterr().out
-    assert "--model resmlp" in out and "PASS" in out and "dJ/dX" in out
+    assert "--model resmlp width=16 blocks=1" in out and "PASS" in out and "dJ/dX" in out
     assert any(line.startswith("layer ") and "." in line.split()[1]
                for line in out.splitlines())
     assert main(["check", str(more / "params.npz"), "--data", "digits", "--float64",
