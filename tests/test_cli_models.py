@@ -127,6 +127,22 @@ def test_a_bad_model_is_a_usage_error_naming_model(tmp_path, capsys, text):
     assert not (tmp_path / "x" / "params.npz").exists()
 
 
+def test_a_model_with_dropout_trains_checks_with_its_masks_and_refuses_devices(tmp_path,
+                                                                              capsys):
+    text = "dense 8, relu, dropout 0.3, dense 2"
+    run = _train(tmp_path, "drop", "--data", "xor", "--model", text, "--epochs", "2",
+                 "--quiet")
+    assert any(isinstance(layer, fl.Dropout)
+               for layer in load_checkpoint(run / "params.npz").network.layers)
+    capsys.readouterr()
+    assert main(["check", str(run / "params.npz"), "--float64"]) == 0
+    out = capsys.readouterr().out
+    assert "dropout on" in out and "PASS" in out
+    err = _usage_error(capsys, ["train", "--data", "xor", "--model", text, "--devices", "2",
+                                "--out", str(tmp_path / "x")])
+    assert "argument --devices" in err and "Dropout" in err
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_check_a_random_named_model(name, capsys):
     assert main(["check", "--model", name, "--input-shape", "40", "--outputs", "10",
