@@ -381,6 +381,8 @@ def build_model(text, n_outputs):
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
                 if k != "n_outputs"}
     def show(v):
+        if isinstance(v, float):
+            return f"{v:g}"
         return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
     known = ", ".join(f"{k}={show(v)}" for k, v in defaults.items())
