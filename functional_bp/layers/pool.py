@@ -119,7 +119,8 @@ class _MaxPool(_Pool):
         k, s, d = self._geometry()
         K = math.prod(k)
         # Window t's cotangent goes to its arg-max tap alone, then the windows fold back.
-        onehot = (j_star[..., None, :] == jnp.arange(K).reshape((K, 1))).astype(dy.dtype)
+        tap = jnp.arange(K).reshape((1,) * (j_star.ndim - 1) + (K, 1))
+        onehot = (j_star[..., None, :] == tap).astype(dy.dtype)
         cols = onehot * dy[..., None, :]
         return {}, fold(cols, x_shape[1:-1], k, s, d, self._pads(x_shape))
 
