@@ -191,14 +191,17 @@ def test_notebooks_render_with_their_plots(site):
     assert plots > 0, "no notebook page shows a plot"
 
 
-def test_readme_headline_numbers_are_in_results():
+@pytest.mark.parametrize("name", ["headline", "mnist1d"])
+def test_readme_headline_numbers_are_in_results(name):
     # The README's headline numbers are copied from benchmarks/RESULTS.md: each
     # must still be there, so a rerun of the benchmarks cannot leave them stale.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"<!-- headline:begin -->(.*?)<!-- headline:end -->", readme, re.S)
-    assert block, "README.md has no headline block"
+    block = re.search(rf"<!-- {name}:begin -->(.*?)<!-- {name}:end -->", readme, re.S)
+    assert block, f"README.md has no {name} block"
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
     numbers = re.findall(r"\d+(?:\.\d+)?(?:%|×)?", block.group(1))
     assert len(numbers) >= 6, numbers
+    if name == "mnist1d":  # the published column is not ours to measure
+        numbers = [n for n in numbers if n not in ("32%", "68%", "94%")]
     stale = [n for n in numbers if n not in results]
     assert not stale, f"README headline numbers not in benchmarks/RESULTS.md: {stale}"
