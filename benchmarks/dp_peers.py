@@ -294,6 +294,113 @@ def run_shape(name, sizes, m, *, clip_norm, blocks, warmup, min_sample_s, settle
             "temp": {k: v[2] for k, v in impls.items()}, "extra": extra}
 
 
+# ----------------------------------------------------------------- the private step's cost
+
+def step_cost(sizes, m, num_examples, *, clip_norm, blocks, warmup, min_sample_s, seed,
+              log=print):
+    """Where the private step's time goes, against the non-private step on m rows.
+
+    - the non-private gradient on m rows (``functional_bp.grad``);
+    - ``private_batch_grad`` on m rows (capacity = the expected batch size),
+      sigma = 0 (clipping alone) and sigma = 1 (clipping and noise);
+    - ``private_batch_grad`` on the default Poisson capacity for N =
+      ``num_examples`` (more rows than m: the padding of the fixed shape),
+      sigma = 1, with m real rows;
+    - the noise alone: ``privacy.gaussian_noise`` of the params' shape, jitted;
+    - ``private_grad``: the whole step of fit, the Poisson sample drawn from N
+      examples, gathered, clipped at the default capacity, noised.
+    """
+    params, x, y, kw = problem(sizes, m, seed=seed)
+    q_plan = privacy.DPConfig(clip_norm=clip_norm, noise_multiplier=1.0).plan(
+        num_examples=num_examples, batch_size=m, steps=1)
+    cap = q_plan.capacity
+    plans = {s: privacy.DPConfig(clip_norm=clip_norm, noise_multiplier=s, accountant=None).plan(
+        num_examples=m, batch_size=m, steps=1) for s in (0.0, 1.0)}
+    key = jax.random.key(seed)
+    ones = jnp.ones((m,), jnp.float32)
+    kx = jax.random.fold_in(key, 1)
+    x_big = jax.random.normal(kx, (cap, sizes[0]), jnp.float32).at[:m].set(x)
+    y_big = jnp.zeros((cap,), y.dtype).at[:m].set(y)
+    w_big = jnp.zeros((cap,), jnp.float32).at[:m].set(1.0)
+    X = jax.random.normal(kx, (num_examples, sizes[0]), jnp.float32)
+    Y = jax.random.randint(kx, (num_examples,), 0, sizes[-1])
+    noise = jax.jit(lambda k: privacy.gaussian_noise(k, params, 1.0))
+    names = {
+        "non-private grad, m rows": lambda: fbp.grad(params, (x, y), **kw),
+        "private, m rows, sigma=0": lambda: privacy.private_batch_grad(
+            params, (x, y), ones, key, plans[0.0], **kw),
+        "private, m rows, sigma=1": lambda: privacy.private_batch_grad(
+            params, (x, y), ones, key, plans[1.0], **kw),
+        f"private, capacity {cap} rows, sigma=1": lambda: privacy.private_batch_grad(
+            params, (x_big, y_big), w_big, key, q_plan, **kw),
+        "noise alone (one normal per parameter)": lambda: noise(key),
+        f"private_grad: Poisson sample of N={num_examples}, capacity {cap}": lambda: (
+            privacy.private_grad(params, (X, Y), key, q_plan, **kw)),
+    }
+    t = timing.compare({k: _ready(v) for k, v in names.items()}, warmup=warmup, blocks=blocks,
+                       reps=1, min_sample_s=min_sample_s, seed=seed)
+    flops = {}  # XLA's count for the compiled programs: is the gap arithmetic?
+    for k, f in [("plain", lambda p, a, b: fbp.grad(p, (a, b), **kw)),
+                 ("private", lambda p, a, b: privacy.private_batch_grad(
+                     p, (a, b), ones, key, plans[0.0], **kw))]:
+        c = jax.jit(f).lower(params, x, y).compile().cost_analysis()
+        c = c[0] if isinstance(c, list) else c
+        flops[k] = float((c or {}).get("flops", float("nan")))
+    base = t["non-private grad, m rows"]
+    rows = [(k, fmt_time(v.median), f"{timing.paired_ratio(v, base):.2f}")
+            for k, v in t.items()]
+    for r in rows:
+        log("  ".join(r))
+    return {"sizes": sizes, "m": m, "N": num_examples, "capacity": cap, "rows": rows,
+            "n_params": sum(int(v.size) for v in jax.tree_util.tree_leaves(params)),
+            "timings": t, "flops": flops}
+
+
+def render_step_cost(r, *, label, command, machine, versions, date, elapsed) -> str:
+    t = r["timings"]
+    med = {k: v.median for k, v in t.items()}
+    plain = med["non-private grad, m rows"]
+    keys = list(med)
+    clip_only, with_noise, padded, noise_only, full = (med[k] for k in keys[1:])
+    out = [f"## {label}\n", f"Command: `{command}` ({date}, {elapsed:.0f} s)\n"]
+    out += [f"- {k}: {v}" for k, v in machine + versions]
+    out += ["", f"Shape {r['sizes']}, expected batch m = {r['m']} of N = {r['N']} "
+            f"(default capacity {r['capacity']} rows), float32, {r['n_params']:,} parameters. "
+            "Medians of alternating blocks; ratio = paired median against the non-private "
+            "gradient on m rows.", ""]
+    out.append(table(["step", "median", "/ non-private"], r["rows"]))
+    out += ["", "### What the time of the private step is made of", "",
+            f"- clipping (norms from the deltas, the weighted backward): "
+            f"{fmt_time(clip_only - plain)} over the non-private step "
+            f"({clip_only / plain:.2f}x);",
+            f"- the noise: drawing {r['n_params']:,} normals costs {fmt_time(noise_only)} on "
+            f"its own; in the step it adds {fmt_time(with_noise - clip_only)} "
+            f"({(with_noise - clip_only) / plain:.0%} of the non-private step);",
+            f"- the padding of the default capacity ({r['capacity']} rows for an expected "
+            f"{r['m']}): {fmt_time(padded - with_noise)} "
+            f"({padded / with_noise:.2f}x the step on m rows);",
+            f"- fit's whole step (the Poisson mask over N, the gather, the chunk loop): "
+            f"{fmt_time(full - padded)} over the padded step;",
+            f"- arithmetic: XLA counts {r['flops']['private']:.3g} flops for the private "
+            f"step (sigma=0) against {r['flops']['plain']:.3g} for the non-private one "
+            f"({r['flops']['private'] / r['flops']['plain']:.2f}x): the clipping's extra "
+            "time is not extra arithmetic but how the compiled program moves memory.", "",
+            "Measured cause, largest share first: " + "; ".join(
+                f"{name} {fmt_time(v)} ({v / plain:.0%} of the non-private step)"
+                for name, v in sorted(
+                    [("the clipped backward (sigma=0 over non-private)", clip_only - plain),
+                     ("the noise (sigma=1 over sigma=0)", with_noise - clip_only),
+                     (f"the padding to capacity {r['capacity']}", padded - with_noise),
+                     ("the Poisson sampling and gather", full - padded)],
+                    key=lambda kv: -kv[1])) + ". A capacity equal to the expected batch "
+            "size (``plan(..., capacity=m)``, allowed: a larger sample then takes a second "
+            "chunk) removes the padding's share only.", "",
+            "Note: the peers table above times `private_batch_grad` with a plan of "
+            "N = m (q = 1), whose capacity is m: its ratio to the non-private step does "
+            "not include the padding."]
+    return "\n".join(out) + "\n"
+
+
 # ----------------------------------------------------------------- report
 
 def render(results, *, label, command, machine, versions, date, elapsed, notes, args) -> str:
@@ -385,7 +492,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--step-cost", action="store_true",
+                    help="only the private step's cost study (its own block)")
     a = ap.parse_args(argv)
+    if a.step_cost:
+        return main_step_cost(a, argv)
     shapes = [s for s in a.shapes.split(",") if s]
     for s in shapes:
         if s not in SHAPES:
@@ -415,6 +526,24 @@ def main(argv=None) -> int:
     report.write_block(Path(a.out), label, body)
     print(body)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in load_end)}; wrote {a.out}")
+    return 0
+
+
+def main_step_cost(a, argv) -> int:
+    command = "python " + shlex.join(["benchmarks/dp_peers.py"]
+                                     + (sys.argv[1:] if argv is None else list(argv)))
+    label = (a.label or f"DP-SGD peers: {report.default_label()}") + ", the private step's cost"
+    machine = report.machine()
+    started = time.perf_counter()
+    sizes, m = SHAPES["mnist-wide"]
+    r = step_cost(sizes, m, 60000, clip_norm=a.clip_norm, blocks=max(a.blocks, 5),
+                  warmup=a.warmup, min_sample_s=a.min_sample_s, seed=a.seed)
+    machine.append(("load average at end", " ".join(f"{v:.2f}" for v in os.getloadavg())))
+    body = render_step_cost(r, label=label, command=command, machine=machine,
+                            versions=report.versions(), date=report.now(),
+                            elapsed=time.perf_counter() - started)
+    report.write_block(Path(a.out), label, body)
+    print(body)
     return 0
 
 
