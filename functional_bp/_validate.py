@@ -22,8 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .activations import Activation, get_activation
+from .activations import ACTIVATIONS, Activation, get_activation
+from .layers import Activation as ActivationLayer
+from .layers import Layer, Sequential
 from .losses import Loss, get_loss
+from .network import MLPView, mlp_network, network_view
 
 
 def _shape(v):
@@ -184,11 +187,11 @@ def prepare(params, batch, activations, loss):
 
 
 def resolve_model(activations, network):
-    """The static model of a public call: the ``activations`` sequence or the ``network``."""
-    from .layers import Sequential
+    """The static model of a public call: the ``activations`` sequence or the ``network``.
 
-    reject_traced_config("activations", activations)
-    reject_traced_config("network", network)
+    (Traced configuration is refused by :func:`static_config`, on the first
+    call of each configuration.)
+    """
     if (activations is None) == (network is None):
         raise TypeError(
             "pass exactly one of activations= (the dense chain, one activation per layer) "
@@ -196,6 +199,7 @@ def resolve_model(activations, network):
             + ("neither" if activations is None else "both")
         )
     if network is not None and not isinstance(network, Sequential):
+        reject_traced_config("network", network)
         raise TypeError(
             "network must be a functional_bp.layers.Sequential, e.g. "
             "Sequential(Dense(64), Activation('relu'), Dense(10)); got "
@@ -247,9 +251,6 @@ def prepare_model(params, batch, model, loss):
     the shape and dtype of its input (abstractly, while tracing), so a
     mistake is reported with the layer's number.
     """
-    from .layers import Layer
-    from .network import MLPView, mlp_network, network_view
-
     reject_traced_config("loss", loss)
     loss = get_loss(loss)
     x, y = check_batch(batch)
@@ -274,8 +275,6 @@ def prepare_model(params, batch, model, loss):
 
 def _builtin(layer) -> bool:
     """Whether an Activation layer holds one of the built-in (tested) activations."""
-    from .activations import ACTIVATIONS
-
     return ACTIVATIONS.get(layer.fn.name) is layer.fn
 
 
@@ -288,9 +287,7 @@ def check_network_derivatives(net, params, x):
     for the second layer of the third). Networks with built-in activations
     only skip the trace.
     """
-    from .layers import Activation, Sequential
-
-    if all(_builtin(l) for l in net.leaves() if isinstance(l, Activation)):
+    if all(_builtin(l) for l in net.leaves() if isinstance(l, ActivationLayer)):
         return
     caches = jax.eval_shape(lambda p, x: net.forward(p, x)[1], params, x)
 
@@ -299,7 +296,7 @@ def check_network_derivatives(net, params, x):
             where = f"{prefix}layer {i}"
             if isinstance(layer, Sequential):
                 walk(layer.layers, cache, where + ".")
-            elif isinstance(layer, Activation) and not _builtin(layer):
+            elif isinstance(layer, ActivationLayer) and not _builtin(layer):
                 layer.check_derivative(cache, where)
 
     walk(net.layers, caches, "")
@@ -479,21 +476,31 @@ def jit_with_checks(from_arrays: Callable) -> Callable:
     compiled: OrderedDict = OrderedDict()
 
     def call(params, batch, args, model, loss):
-        if l2_at is not None:
-            check_l2(args[l2_at])
+        # A configuration seen before (found in the cache) was checked when it was
+        # compiled: a Python-number l2 is part of the key, and traced configuration
+        # is never hashable. Only values that are not in the key are checked again.
+        numbers = tuple(a if _is_number(a) else None for a in args)
+        try:
+            key = (tuple(model) if type(model) is list else model, loss, numbers)
+            f = compiled.get(key)
+        except TypeError:  # unhashable configuration: resolved (or refused) below
+            f = None
+        if f is None:
+            if l2_at is not None:
+                check_l2(args[l2_at])
+            model, loss = static_config(model, loss)
+            key = (model, loss, numbers)
+            f = compiled.get(key)
+            if f is None:
+                f = compiled[key] = jax.jit(partial(traced, model=model, loss=loss,
+                                                    numbers=numbers))
+                while len(compiled) > COMPILED_CACHE_SIZE:
+                    compiled.popitem(last=False)
+        elif l2_at is not None and numbers[l2_at] is None:
+            check_l2(args[l2_at])  # an array (or NaN) l2: its value is not in the key
+        compiled.move_to_end(key)
         params = params_as_arrays(params)
         batch = array_batch(batch)
-        model, loss = static_config(model, loss)
-        numbers = tuple(a if _is_number(a) else None for a in args)
-        key = (model, loss, numbers)
-        f = compiled.get(key)
-        if f is None:
-            f = compiled[key] = jax.jit(partial(traced, model=model, loss=loss,
-                                                numbers=numbers))
-            while len(compiled) > COMPILED_CACHE_SIZE:
-                compiled.popitem(last=False)
-        else:
-            compiled.move_to_end(key)
         return f(params, batch, *(None if n is not None else a for a, n in zip(args, numbers)))
 
     call.compiled = compiled
