@@ -414,6 +414,11 @@ def params_as_arrays(params):
     flatten it into one scalar argument per number. Returns ``params`` itself
     (no copy) when there is nothing to convert.
     """
+    try:  # the usual case, a flat list of dicts of arrays: one pass, no recursion
+        if all(hasattr(v, "shape") for p in params for v in p.values()):
+            return params
+    except (AttributeError, TypeError):
+        pass
     if isinstance(params, dict):
         if all(hasattr(v, "shape") for v in params.values()):
             return params
