@@ -191,7 +191,7 @@ def test_notebooks_render_with_their_plots(site):
     assert plots > 0, "no notebook page shows a plot"
 
 
-@pytest.mark.parametrize("name", ["headline", "mnist1d"])
+@pytest.mark.parametrize("name", ["headline", "mnist1d", "dp"])
 def test_readme_headline_numbers_are_in_results(name):
     # The README's headline numbers are copied from benchmarks/RESULTS.md: each
     # must still be there, so a rerun of the benchmarks cannot leave them stale.
