@@ -1,6 +1,6 @@
 """functional_bp: backpropagation derived by hand, in JAX, checked against jax.grad."""
 
-from . import columns, layers
+from . import columns, layers, models, privacy
 from .activations import ACTIVATIONS, Activation
 from .backprop import Backprop, backprop, grad, value_and_grad
 from .checking import GradientReport, check_gradients
