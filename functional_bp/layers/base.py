@@ -140,7 +140,9 @@ def _compare(params, expected, where, input_shape):
         if got != want.shape:
             raise ValueError(
                 f"{where}: {name} must have shape {want.shape} for inputs of shape "
-                f"(m, {', '.join(map(str, input_shape))}); got {got}"
+                f"(m, {', '.join(map(str, input_shape))}); got {got}: either the inputs "
+                "(x, or the previous layer's output) have the wrong shape, or these params "
+                "were made for another input shape (net.init(key, input_shape))"
             )
         dtype = getattr(params[name], "dtype", None)
         if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
