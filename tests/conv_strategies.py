@@ -258,3 +258,10 @@ def check_per_example(case, network=None):
     got = fbp.clipped_grad(case.params, case.batch, clip_norm=clip_norm, **kw)
     errs.update(assert_tree_close(got, clipped_mean(ref, clip_norm), rtol, "clipped_grad"))
     return errs
+
+
+def check(case):
+    """Both comparisons, backprop and per-example, in the case's dtype."""
+    with jax.enable_x64(jnp.dtype(case.dtype) == jnp.float64):
+        check_backprop(case)
+        check_per_example(case)

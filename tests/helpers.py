@@ -221,3 +221,14 @@ def log_errors(dtype, errs: dict[str, float]) -> None:
         worst = max(errs, key=errs.get)
         with open(path, "a") as f:
             f.write(f"{jnp.dtype(dtype).name}\t{errs[worst]:.3e}\t{worst}\n")
+
+
+def profile_share(divisor: int) -> int:
+    """A share of the hypothesis profile's max_examples, at least 3.
+
+    For properties whose every draw compiles new programs (new shapes under
+    jit): the `ci` profile's 40 examples divided by ``divisor``.
+    """
+    from hypothesis import settings
+
+    return max(3, settings.default.max_examples // divisor)

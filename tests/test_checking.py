@@ -13,11 +13,8 @@ from functional_bp.activations import Activation
 from functional_bp.checking import GradientReport, GradientRow
 from strategies import cases, make_case
 from helpers import rtol_for
+from helpers import profile_share
 
-
-def _profile_share(divisor):
-    """A share of the profile's max_examples: these properties compile per draw."""
-    return max(3, settings.default.max_examples // divisor)
 
 
 def _fns(case):
@@ -38,13 +35,13 @@ def _check_case(case):
     return report
 
 
-@settings(max_examples=_profile_share(6))  # each drawn shape compiles two programs
+@settings(max_examples=profile_share(6))  # each drawn shape compiles two programs
 @given(cases())
 def test_library_gradient_passes_float32(case):
     _check_case(case)
 
 
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(cases(dtype=jnp.float64))
 def test_library_gradient_passes_float64(case):
     with jax.enable_x64(True):

@@ -9,12 +9,9 @@ from hypothesis import given, settings
 import functional_bp as fbp
 from functional_bp import columns
 from helpers import assert_tree_close, reference_backprop, rtol_for
+from helpers import profile_share
 from strategies import cases, make_case
 
-
-def _profile_share(divisor):
-    """A share of the profile's max_examples: these properties compile per draw."""
-    return max(3, settings.default.max_examples // divisor)
 
 
 def column_batch(case):
@@ -38,13 +35,13 @@ def check_case(case):
     assert_tree_close((J, grads), (ours.loss, ours.grads), 0.0)
 
 
-@settings(max_examples=_profile_share(6))  # each drawn shape compiles three programs
+@settings(max_examples=profile_share(6))  # each drawn shape compiles three programs
 @given(cases())
 def test_columns_float32(case):
     check_case(case)
 
 
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(cases(dtype=jnp.float64))
 def test_columns_float64(case):
     with jax.enable_x64(True):

@@ -41,18 +41,9 @@ from functional_bp.layers import (
 from functional_bp.layers import conv as conv_module
 from functional_bp.layers import pool as pool_module
 from functional_bp.layers.conv import resolve_padding, unfold
-from conv_strategies import check_backprop, check_per_example, cnn_cases, make_layer_case
+from helpers import profile_share
+from conv_strategies import check, check_backprop, check_per_example, cnn_cases, make_layer_case
 
-
-def _profile_share(divisor):
-    """A share of the profile's max_examples: each drawn network compiles about six programs."""
-    return max(3, settings.default.max_examples // divisor)
-
-
-def check(case):
-    with jax.enable_x64(jnp.dtype(case.dtype) == jnp.float64):
-        check_backprop(case)
-        check_per_example(case)
 
 
 # --- edge cases, also run as explicit examples of the properties ----------------------
@@ -102,27 +93,27 @@ def _with_examples(dtype, ndim):
     return decorate
 
 
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(cnn_cases(1))
 def test_cnn1d_float32(case):
     check(case)
 
 
 @_with_examples(jnp.float64, 1)
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(cnn_cases(1, jnp.float64))
 def test_cnn1d_float64(case):
     check(case)
 
 
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(cnn_cases(2))
 def test_cnn2d_float32(case):
     check(case)
 
 
 @_with_examples(jnp.float64, 2)
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(cnn_cases(2, jnp.float64))
 def test_cnn2d_float64(case):
     check(case)

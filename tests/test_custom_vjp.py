@@ -9,12 +9,9 @@ from hypothesis import given, settings
 import functional_bp as fbp
 from functional_bp.custom_vjp import backward_from_trace, make_custom_vjp_objective
 from helpers import assert_tree_close, reference_backprop, rtol_for
+from helpers import profile_share
 from strategies import cases, make_case
 
-
-def _profile_share(divisor):
-    """A share of the profile's max_examples: these properties compile per draw."""
-    return max(3, settings.default.max_examples // divisor)
 
 
 def check_case(case):
@@ -28,13 +25,13 @@ def check_case(case):
     assert_tree_close(g_x, ref.input_grad, rtol, "input_grad")
 
 
-@settings(max_examples=_profile_share(5))  # each drawn shape compiles two programs
+@settings(max_examples=profile_share(5))  # each drawn shape compiles two programs
 @given(cases())
 def test_grad_equals_autodiff_float32(case):
     check_case(case)
 
 
-@settings(max_examples=_profile_share(8))
+@settings(max_examples=profile_share(8))
 @given(cases(dtype=jnp.float64))
 def test_grad_equals_autodiff_float64(case):
     with jax.enable_x64(True):

@@ -21,18 +21,9 @@ from hypothesis import example, given, settings
 
 import functional_bp as fbp
 from functional_bp.layers import Activation, Dense, Embedding, Flatten, Sequential
-from conv_strategies import check_backprop, check_per_example, embedding_cases, make_layer_case
+from helpers import profile_share
+from conv_strategies import check, check_backprop, check_per_example, embedding_cases, make_layer_case
 
-
-def _profile_share(divisor):
-    """A share of the profile's max_examples: each drawn network compiles about six programs."""
-    return max(3, settings.default.max_examples // divisor)
-
-
-def check(case):
-    with jax.enable_x64(jnp.dtype(case.dtype) == jnp.float64):
-        check_backprop(case)
-        check_per_example(case)
 
 
 def edge_cases(dtype):
@@ -59,14 +50,14 @@ def _with_examples(dtype):
     return decorate
 
 
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(embedding_cases())
 def test_embedding_float32(case):
     check(case)
 
 
 @_with_examples(jnp.float64)
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(embedding_cases(jnp.float64))
 def test_embedding_float64(case):
     check(case)

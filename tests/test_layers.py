@@ -47,6 +47,7 @@ from functional_bp.layers import (
     Sequential,
 )
 from helpers import assert_tree_close, rtol_for
+from helpers import profile_share
 from network_strategies import (
     compare_backprop,
     compare_per_example,
@@ -57,10 +58,6 @@ from network_strategies import (
 )
 from strategies import cases
 
-
-def _profile_share(divisor):
-    """A share of the profile's max_examples: each drawn network compiles several programs."""
-    return max(3, settings.default.max_examples // divisor)
 
 
 # --- counts and worst errors, per dtype and layer type -------------------------------
@@ -169,14 +166,14 @@ def _with_examples(dtype):
 
 
 @_with_examples(jnp.float32)
-@settings(max_examples=_profile_share(3))
+@settings(max_examples=profile_share(3))
 @given(net_cases())
 def test_backprop_float32(case):
     check_backprop(case)
 
 
 @_with_examples(jnp.float64)
-@settings(max_examples=_profile_share(6))
+@settings(max_examples=profile_share(6))
 @given(net_cases(dtype=jnp.float64))
 def test_backprop_float64(case):
     with jax.enable_x64(True):
@@ -184,14 +181,14 @@ def test_backprop_float64(case):
 
 
 @_with_examples(jnp.float32)
-@settings(max_examples=_profile_share(6))
+@settings(max_examples=profile_share(6))
 @given(net_cases())
 def test_per_example_float32(case):
     check_per_example(case)
 
 
 @_with_examples(jnp.float64)
-@settings(max_examples=_profile_share(10))
+@settings(max_examples=profile_share(10))
 @given(net_cases(dtype=jnp.float64))
 def test_per_example_float64(case):
     with jax.enable_x64(True):
@@ -213,7 +210,7 @@ def _assert_same(a, b, where):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=where)
 
 
-@settings(max_examples=_profile_share(8))
+@settings(max_examples=profile_share(8))
 @given(cases(max_depth=4, max_width=8, max_batch=8))
 def test_mlp_is_the_dense_activation_network(case):
     """Every public result of ``activations=`` equals the network's, bit for bit."""

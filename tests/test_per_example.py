@@ -10,12 +10,9 @@ import functional_bp as fbp
 from functional_bp import _validate
 from functional_bp.mlp import objective_from_arrays
 from helpers import assert_tree_close, rtol_for
+from helpers import profile_share
 from strategies import cases, make_case
 
-
-def _profile_share(divisor):
-    """A share of the profile's max_examples: these properties compile per draw."""
-    return max(3, settings.default.max_examples // divisor)
 
 
 def reference_per_example(case):
@@ -66,13 +63,13 @@ def check_case(case):
 @example(make_case([3, 1], 1, ["identity"], "quadratic"))  # one layer, one example
 @example(make_case([2, 5, 4, 3], 6, ["relu", "tanh", "identity"], "softmax_cross_entropy",
                    target_kind="labels", seed=3))
-@settings(max_examples=_profile_share(5))  # each drawn shape compiles four programs
+@settings(max_examples=profile_share(5))  # each drawn shape compiles four programs
 @given(cases())
 def test_per_example_float32(case):
     check_case(case)
 
 
-@settings(max_examples=_profile_share(8))
+@settings(max_examples=profile_share(8))
 @given(cases(dtype=jnp.float64))
 def test_per_example_float64(case):
     with jax.enable_x64(True):
