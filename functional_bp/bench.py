@@ -57,26 +57,5 @@ def main(argv=None) -> int:
     return module.main(argv)
 
 
-def add_bench(sub):
-    """Add ``bench`` to the ``functional-bp`` subcommands.
-
-    Every argument after ``bench`` goes to ``benchmarks/run.py`` untouched (its
-    own parser reads them, so ``functional-bp bench --help`` shows its options):
-    the subparser declares no options of its own.
-    """
-    p = sub.add_parser(
-        "bench", prefix_chars="+", add_help=False,
-        help="run the benchmarks of a source checkout (benchmarks/run.py)",
-        description="Run benchmarks/run.py with the arguments given; see --help.",
-    )
-    p.add_argument("bench_args", nargs="*")
-    return p
-
-
-def cmd_bench(args) -> int:
-    """Run the harness with the arguments collected by :func:`add_bench`."""
-    return main(list(args.bench_args))
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,8 @@ import functional_bp as fbp
 from functional_bp import models
 from functional_bp import layers as fl
 from functional_bp.checkpoint import load_checkpoint
-from functional_bp.cli import MODEL_NAMES, main
+from functional_bp.cli import main
+from functional_bp.models import MODELS
 from functional_bp.train import init_state, save_state
 
 # a narrow residual MLP keeps each epoch short; the rest of the run is the defaults
@@ -143,7 +144,7 @@ def test_a_model_with_dropout_trains_checks_with_its_masks_and_refuses_devices(t
     assert "argument --devices" in err and "Dropout" in err
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", list(MODELS))
 def test_check_a_random_named_model(name, capsys):
     assert main(["check", "--model", name, "--input-shape", "40", "--outputs", "10",
                  "--batch", "4"]) == 0

@@ -210,13 +210,10 @@ def test_test_data_file_and_npz_with_a_test_part(tmp_path, capsys):
 
 
 def test_split_seed_fixes_the_split_while_seed_varies_the_init(tmp_path):
-    from functional_bp.cli import TRAIN_DEFAULTS, _load_data
-
-    class Args:
-        resume = None
+    from functional_bp.experiment import TRAIN_DEFAULTS, load_data
 
     def data(**kw):
-        return _load_data({**TRAIN_DEFAULTS, "data": "moons", **kw}, Args())
+        return load_data({**TRAIN_DEFAULTS, "data": "moons", **kw})
 
     fixed = [data(seed=s, split_seed=7) for s in (0, 1)]
     np.testing.assert_array_equal(fixed[0].x_test, fixed[1].x_test)
