@@ -16,10 +16,13 @@ test accuracy after the last step is reported, for each seed (which sets the
 initial parameters and the minibatch order), with the mean and the sample
 standard deviation.
 
-The models (:mod:`functional_bp.models`): logistic regression
-``Dense(10)``; ``mlp`` Dense(100), ReLU, Dense(100), ReLU, Dense(10); ``cnn``
-three Conv1D of 25 channels (kernel 5, then 3 and 3, stride 2, padding 1)
-with ReLU, then Dense(10).
+Each row is a shipped recipe (``functional_bp/recipes/mnist1d-*.toml``,
+``functional-bp train --recipe mnist1d-cnn --seed S``), run here through
+``functional_bp.experiment.train`` with the recipe's settings; this script
+restates none of them. The models (:mod:`functional_bp.models`): logistic
+regression ``mlp hidden=`` (Flatten, Dense(10)); ``mlp`` Dense(100), ReLU,
+Dense(100), ReLU, Dense(10); ``cnn`` three Conv1D of 25 channels (kernel 5,
+then 3 and 3, stride 2, padding 1) with ReLU, then Dense(10).
 
     python benchmarks/mnist1d_table.py                  # 3 seeds, writes RESULTS.md's block
     python benchmarks/mnist1d_table.py --seeds 0 --epochs 10 --out /tmp/r.md   # a quick look
@@ -44,59 +47,41 @@ import report  # noqa: E402
 PUBLISHED = {"logistic": 32, "mlp": 68, "cnn": 94}  # % test accuracy, the paper's table
 
 
-def networks():
-    from functional_bp import layers as fl
-    from functional_bp import models
-
-    scale = 1 / 3  # PyTorch's default initial variance, 1 / (3 fan_in)
-    return {"logistic": fl.Sequential(fl.Dense(10, scale=scale)),
-            "mlp": models.mlp(10, scale=scale), "cnn": models.cnn(10, scale=scale)}
+RECIPES = {"logistic": "mnist1d-logistic", "mlp": "mnist1d-mlp", "cnn": "mnist1d-cnn"}
 
 
-def train_one(net, data, seed, *, epochs, batch_size, learning_rate, l2):
-    """(final test accuracy, seconds) for one seed."""
-    import jax
-    import optax
+def train_one(recipe, seed, epochs, folder):
+    """(final test accuracy, seconds, the run's configuration) for one seed of a recipe."""
+    from functional_bp import experiment
 
-    import functional_bp as fbp
-
-    x, y, x_test, y_test = data
-    params = net.init(jax.random.key(seed), x.shape[1:])
-    opt = optax.adam(learning_rate)
-    state = fbp.init_state(params, optimizer=opt, key=jax.random.key(1000 + seed))
-    t0 = time.perf_counter()
-    state, history = fbp.fit(state, (x, y), (x_test, y_test), network=net,
-                             loss="softmax_cross_entropy", optimizer=opt, epochs=epochs,
-                             batch_size=batch_size, l2=l2)
-    seconds = time.perf_counter() - t0
-    return history[-1]["test_accuracy"], seconds
+    config, _ = experiment.run_config({"seed": seed}, recipe=recipe)
+    result = experiment.train(config, out=folder, epochs=epochs, save_every=0, quiet=True)
+    return result.history[-1]["test_accuracy"], result.seconds, result.config
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=list(PUBLISHED), choices=list(PUBLISHED))
-    p.add_argument("--epochs", type=int, default=150, help="150 epochs of 40 steps: 6,000 steps")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--learning-rate", type=float, default=1e-2)
-    p.add_argument("--l2", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the recipes' epochs, for a quick look [the recipe's]")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--label", default=None)
     a = p.parse_args(argv)
 
-    from functional_bp.datasets import load_dataset
+    import tempfile
 
-    d = load_dataset("mnist1d")
-    data = (d.x_train, d.y_train, d.x_test, d.y_test)
+    from functional_bp import recipes
+
     machine = report.machine()
     rows, raw, t_start = [], [], time.perf_counter()
-    for name, net in networks().items():
-        if name not in a.models:
-            continue
+    for name in a.models:
+        recipe = recipes.load(RECIPES[name])
+        epochs = recipe.epochs if a.epochs is None else a.epochs
         accs, secs = [], []
         for seed in a.seeds:
-            acc, s = train_one(net, data, seed, epochs=a.epochs, batch_size=a.batch_size,
-                               learning_rate=a.learning_rate, l2=a.l2)
+            with tempfile.TemporaryDirectory() as folder:
+                acc, s, config = train_one(recipe, seed, epochs, folder)
             accs.append(100 * acc)
             secs.append(s)
             print(f"{name:<9} seed {seed}: test accuracy {100 * acc:.1f}%  ({s:.1f} s)",
@@ -118,11 +103,13 @@ def main(argv=None):
         f"## {label}", "",
         f"{report.now()}, {elapsed:.0f} s in all. Command:", "",
         f"```\n{command.strip()}\n```", "",
-        f"Test accuracy on MNIST-1D's official 1,000 test signals after {a.epochs} epochs "
-        f"({a.epochs * len(d.x_train) // a.batch_size} steps of Adam, learning rate "
-        f"{a.learning_rate:g}, minibatches of {a.batch_size}, l2 {a.l2:g}, initial weight "
-        "variance 1 / (3 fan_in)), trained with the library's "
-        f"hand-derived gradients (`fit(..., network=)`); seeds {a.seeds}; mean ± sample "
+        f"Test accuracy on MNIST-1D's official 1,000 test signals after {epochs} epochs "
+        f"({epochs * 4000 // config['batch_size']} steps of Adam, learning rate "
+        f"{config['lr']:g}, minibatches of {config['batch_size']}, l2 {config['l2']:g}, "
+        "initial weight variance 1 / (3 fan_in), the raw signals), trained with the "
+        "library's hand-derived gradients; each row is its recipe, `functional-bp train "
+        "--recipe mnist1d-<model> --seed S` (functional_bp/recipes/); "
+        f"seeds {a.seeds}; mean ± sample "
         "standard deviation over the seeds; the time is one seed's training, compilation "
         "and per-epoch evaluation included.", "",
         report.table(["model", "published", "ours (mean ± sd)", "per seed", "time per seed"],
