@@ -60,7 +60,7 @@ from .backprop import backprop_from_arrays, backprop_net_arrays
 from .checkpoint import CheckpointError, load_checkpoint, save_params
 from .layers import Dropout, Layer
 from .mlp import forward_trace
-from .network import network_view
+from .network import add_l2, network_view
 from .network import forward as network_forward
 from .parallel import DataParallelStep, check_mesh
 
@@ -300,6 +300,32 @@ def _fit_epoch(params, opt_state, base_key, epoch, x, y, l2, sets, *, activation
     return params, opt_state, _metrics(params, sets, activations=activations, loss=loss)
 
 
+@partial(jax.jit, static_argnames=("plan", "model", "loss", "optimizer", "mesh"))
+def _private_fit_epoch(params, opt_state, key, epoch, x, y, l2, sets, *, plan, model, loss,
+                       optimizer, mesh=None):
+    """One private epoch and the metrics after it, in one compiled program.
+
+    Steps t = epoch * S, ..., (epoch + 1) * S - 1 (S = ``privacy.steps_per_epoch``),
+    each: g = :func:`functional_bp.privacy.private_grad` with ``step_key(key, t)``,
+    plus the weight decay l2 W (it does not depend on the data, so it costs no
+    privacy), then the optimizer's update. Everything random in step t comes
+    from its key: a run resumed at any epoch repeats the uninterrupted one
+    exactly. ``x``, ``y`` are the whole training set, validated (targets, not labels).
+    """
+    spe = privacy.steps_per_epoch(plan.num_examples, plan.batch_size)
+
+    def step(carry, t):
+        params, opt_state = carry
+        g = privacy.private_step_grad(params, (x, y), privacy.step_key(key, t), plan,
+                                      model=model, loss=loss, mesh=mesh)
+        updates, opt_state = optimizer.update(add_l2(g, params, l2, model), opt_state, params)
+        return (_apply(params, updates), opt_state), None
+
+    (params, opt_state), _ = jax.lax.scan(step, (params, opt_state),
+                                          epoch * spe + jnp.arange(spe))
+    return params, opt_state, _metrics(params, sets, activations=model, loss=loss)
+
+
 # --- validation ----------------------------------------------------------------
 def _prepare(params, data, model, loss, part="data"):
     """Validate once; return (model, Loss, x, targets, labels or None).
@@ -312,6 +338,7 @@ def _prepare(params, data, model, loss, part="data"):
     """
     x, y = _validate.array_batch(data)
     view, _, loss, x, targets = _validate.prepare_model(params, (x, y), model, loss)
+    _validate.check_token_values(model, data[0], f"{part}: x")
     labels = None
     if targets.ndim == 2 and np.ndim(y) == 1:  # labels, accepted by the loss
         labels = jnp.asarray(_check_labels(y, targets.shape[1], part), dtype=jnp.int32)
@@ -331,14 +358,7 @@ def _check_labels(y, n_L, part):
     if isinstance(y, jax.core.Tracer):
         return y
     labels = np.asarray(y)
-    low, high = labels.min(), labels.max()
-    if high >= n_L or low < 0:
-        bad = f"the largest label is {high}" if high >= n_L else f"the smallest label is {low}"
-        raise ValueError(
-            f"{part}: integer labels must be class indices in [0, n_L) = [0, {n_L}) for a "
-            f"network with n_L={n_L} outputs; {bad}. Give the last layer one output per "
-            "class, or remap the labels to 0..n_L-1"
-        )
+    _validate.check_label_values(labels, (n_L,), part)
     return labels
 
 
@@ -513,9 +533,8 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
     step_grads = _step_grads_on(mesh)
     plan = privacy.fit_plan(dp, state.dp, num_examples=x.shape[0], batch_size=batch_size,
                             epoch=state.epoch, epochs=epochs)
-    if plan is not None and _uses_key(acts):
-        raise ValueError("dp= with Dropout layers is not supported: the private step runs "
-                         "the network without dropout masks; drop the Dropout layers")
+    if plan is not None:
+        privacy.check_private_model(acts)
     if plan is not None and state.key is None:
         raise ValueError("state.key is None: private training draws each step's batch and "
                          "noise from it (privacy.step_key(state.key, t)); make the state with "
@@ -546,7 +565,7 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
                 activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
                 step_grads=step_grads)
         else:
-            params, opt_state, metrics = privacy.fit_epoch(
+            params, opt_state, metrics = _private_fit_epoch(
                 state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
                 plan=plan, model=acts, loss=loss, optimizer=optimizer,
                 mesh=None if mesh is None else step_grads.mesh)
