@@ -61,6 +61,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .text.corpus import CharCorpus, load_text
+from .text.sort import SORT_DIGITS, sort_problems
+
 BUILTIN = ("digits", "xor", "moons", "spirals", "sine", "mnist1d")
 FIXED_SPLIT = ("mnist1d",)
 """Built-in sets that come with their own (official) train/test split."""
@@ -519,13 +522,46 @@ def load_file(path, *, task="auto", test_fraction=None, seed=0, test=None) -> Da
                  test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction)
 
 
+SEQUENCE_DATA = ("sort", "text:PATH")
+"""Token data: minGPT's sort task and a character-level text (see :mod:`functional_bp.text`)."""
+
+
+def _sequence_data(name, seed, test_fraction, task, test, val_fraction):
+    """``load_dataset`` for ``"sort"`` (a Dataset of tokens) and ``"text:PATH"`` (a CharCorpus)."""
+    given = {k: v for k, v in (("test_fraction", test_fraction), ("test", test)) if v is not None}
+    if task != "auto":
+        given["task"] = task
+    if name == "sort" and val_fraction:
+        given["val_fraction"] = val_fraction
+    if given:
+        k, v = next(iter(given.items()))
+        what = ("minGPT's sort task comes with its fixed train/test split" if name == "sort"
+                else "a text corpus has a training and a validation split (val_fraction=)")
+        raise ValueError(f"{k}={v!r} does not apply to {name!r}: {what}")
+    if name == "sort":
+        return Dataset("sort", *sort_problems(), SORT_DIGITS)
+    path = name[len("text:"):]
+    if not path:
+        raise ValueError("text: give the path of a UTF-8 text file after it, e.g. text:input.txt")
+    return load_text(path, val_fraction=val_fraction)
+
+
 def load_dataset(name, *, seed=0, test_fraction=None, task="auto", test=None,
-                 val_fraction=None) -> Dataset:
+                 val_fraction=None) -> Dataset | CharCorpus:
     """A built-in set by name (see :data:`BUILTIN`) or a user file by path.
+
+    Token data (:data:`SEQUENCE_DATA`): ``"sort"`` is minGPT's sorting task
+    (:func:`functional_bp.text.sort_problems`), a :class:`Dataset` of int32
+    tokens x (m, 11) and int32 targets y (m, 11) (-1 not scored), n_classes 3,
+    with its fixed split; ``"text:PATH"`` reads a UTF-8 text file into a
+    :class:`functional_bp.text.CharCorpus` (nanoGPT's character-level rules;
+    ``val_fraction`` is the share of its characters at the end that
+    validates, 0.1 by default).
 
     Args:
       name: ``"digits"``, ``"xor"``, ``"moons"``, ``"spirals"``, ``"sine"``,
-        ``"mnist1d"``, or a path ending in ``.npz`` or ``.csv``.
+        ``"mnist1d"``, ``"sort"``, ``"text:PATH"``, or a path ending in
+        ``.npz`` or ``.csv``.
       seed: fixes the synthetic draws and the train/test (and validation) split.
       test_fraction: the share of each class (or of all rows, for regression)
         held out for testing [0.2]; an error for data that come with their test
@@ -536,9 +572,11 @@ def load_dataset(name, *, seed=0, test_fraction=None, task="auto", test=None,
         validation (``x_val``, ``y_val``; see :func:`split_validation`).
 
     Returns:
-      A :class:`Dataset`.
+      A :class:`Dataset` (a :class:`~functional_bp.text.CharCorpus` for ``text:PATH``).
     """
     name = os.fspath(name)
+    if name == "sort" or name.startswith("text:"):
+        return _sequence_data(name, seed, test_fraction, task, test, val_fraction)
     if name in BUILTIN:
         if test is not None:
             raise ValueError(f"test={test!r}: a test file goes with a data file, not the "
@@ -556,8 +594,9 @@ def load_dataset(name, *, seed=0, test_fraction=None, task="auto", test=None,
         data = load_file(name, task=task, test_fraction=test_fraction, seed=seed, test=test)
     else:
         raise ValueError(
-            f"unknown data set {name!r}; valid names are {list(BUILTIN)}, or a path to "
-            "an .npz (arrays X, y) or .csv (last column the target) file"
+            f"unknown data set {name!r}; valid names are {list(BUILTIN) + ['sort']}, "
+            "text:PATH for a UTF-8 text file, or a path to an .npz (arrays X, y) or .csv "
+            "(last column the target) file"
         )
     return data if not val_fraction else split_validation(data, val_fraction, seed=seed)
 
