@@ -705,7 +705,8 @@ def load_state(path, *, optimizer, sizes=None):
     dp = None
     if "dp" in ckpt.metadata:
         try:
-            dp = privacy.plan_from_metadata(ckpt.metadata["dp"], epoch=epoch, where=str(path))
+            dp = privacy.plan_from_metadata(ckpt.metadata["dp"], epoch=epoch, where=str(path),
+                                            history=ckpt.metadata.get("history"))
         except ValueError as err:
             raise CheckpointError(str(err)) from None
     return TrainState(ckpt.params, opt_state, key, epoch, dp), ckpt.metadata

@@ -18,6 +18,7 @@ from .accounting import ACCOUNTANTS, calibrate_noise_multiplier, check_delta, de
 from .sampling import poisson_capacity
 
 SAMPLINGS = ("poisson", "shuffle")
+EPSILON_RTOL = 1e-6  # a recorded epsilon and the accountant's, recomputed at load
 
 
 def _check_fields(obj, *, for_config: bool) -> None:
@@ -385,6 +386,7 @@ def fit_plan(dp, saved, *, num_examples: int, batch_size: int, epoch: int, epoch
                        steps=max(epochs, 1) * spe)
     if not isinstance(saved, DPPlan):
         raise TypeError(f"state.dp must be a DPPlan or None; got {type(saved).__name__}")
+    check_plan(saved)
     plan = dp.plan(num_examples=num_examples, batch_size=batch_size, steps=saved.steps)
     # the same delta, given or by default, is the same accounting
     plan = dataclasses.replace(plan, delta_is_default=saved.delta_is_default)
@@ -424,18 +426,69 @@ def checkpoint_metadata(plan: DPPlan, epoch: int) -> dict:
     return {"plan": plan.as_dict(), "steps": steps, **epoch_record(plan, epoch)}
 
 
-def plan_from_metadata(meta: dict, *, epoch: int, where: str = "checkpoint") -> DPPlan:
-    """The :class:`DPPlan` recorded by :func:`checkpoint_metadata`, checked against ``epoch``."""
+def plan_from_metadata(meta: dict, *, epoch: int, where: str = "checkpoint",
+                       history=None) -> DPPlan:
+    """The :class:`DPPlan` recorded by :func:`checkpoint_metadata`, cross-checked.
+
+    The record must add up: the plan is a valid plan (:func:`check_plan`),
+    the steps are ``epoch * steps_per_epoch``, the recorded epsilon is the
+    accountant's epsilon for that plan after those steps (a plan without an
+    accountant records none), a ``target_epsilon`` plan reaches at most its
+    target after its planned steps, and every ``epsilon`` in ``history`` (the
+    run's records, if given) is the plan's epsilon at that record's epoch.
+    An edited record (say sigma raised from 1 to 5, which would lower the
+    epsilon reported from then on) is refused, since its recorded epsilon is
+    that of the sigma actually used.
+
+    What this cannot prove: the record is not signed, so someone who edits
+    the plan, the epsilon and the history consistently (or trains without
+    noise and writes a record) is not caught; the check catches records that
+    do not add up, by accident or by a partial edit. See
+    docs/private-training.md.
+
+    Raises:
+      ValueError: a record that is not a plan and a step count, or that
+        does not add up (the message says which number and what it should be).
+    """
     try:
         plan = DPPlan(**meta["plan"])
         steps = int(meta["steps"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{where}: its DP record {meta!r} is not a plan and a step count "
                          f"({err})") from None
-    expected = epoch * steps_per_epoch(plan.num_examples, plan.batch_size)
+    spe = steps_per_epoch(plan.num_examples, plan.batch_size)
+    expected = epoch * spe
     if steps != expected:
         raise ValueError(f"{where}: records {steps} private steps, but epoch {epoch} means "
                          f"{expected}; the checkpoint is inconsistent")
+    refuse = (f"{where}: its DP record does not add up ({{}}); it was edited or damaged, and "
+              "resuming from it would misstate the privacy spent. Resume from an unedited "
+              "checkpoint, or start a new run")
+    if plan.accountant is None:
+        if meta.get("epsilon") is not None:
+            raise ValueError(refuse.format("it records an epsilon but its plan has no "
+                                           "accountant"))
+        return plan
+    claims = [("the recorded epsilon", steps, meta.get("epsilon"))]
+    for record in history or ():
+        if isinstance(record, dict) and "epsilon" in record:
+            claims.append((f"the epsilon of epoch {record.get('epoch')} in the history",
+                           int(record.get("epoch", -1)) * spe, record["epsilon"]))
+    for what, at, recorded in claims:
+        if at < 0:
+            raise ValueError(refuse.format(f"{what}: a record without its epoch"))
+        if isinstance(recorded, bool) or not isinstance(recorded, (int, float)):
+            raise ValueError(refuse.format(f"{what} is {recorded!r}, not a number"))
+        honest = plan.epsilon(at)
+        if not math.isclose(recorded, honest, rel_tol=EPSILON_RTOL, abs_tol=1e-12):
+            raise ValueError(refuse.format(
+                f"{what} is {recorded:.6g}, but the plan it records (sigma "
+                f"{plan.noise_multiplier:.6g}, q {plan.sampling_probability:.6g}, delta "
+                f"{plan.delta:g}, {plan.accountant}) gives {honest:.6g} after {at} steps"))
+    if plan.target_epsilon is not None:
+        planned = plan.epsilon(plan.steps)
+        if planned > plan.target_epsilon * (1 + EPSILON_RTOL):
+            raise ValueError(refuse.format(
+                f"the plan claims target epsilon {plan.target_epsilon:g} after {plan.steps} "
+                f"steps, but its sigma {plan.noise_multiplier:.6g} gives {planned:.6g}"))
     return plan
-
-
