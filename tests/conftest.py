@@ -7,8 +7,10 @@ Profiles (choose with HYPOTHESIS_PROFILE=...):
 """
 
 import os
+import time
 
 import jax
+import pytest
 from hypothesis import HealthCheck, settings
 
 # TF32 / bf16 matmuls on accelerators would break float32 comparisons.
@@ -23,3 +25,47 @@ _common = dict(
 settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_common)
 settings.register_profile("thorough", max_examples=2000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# --- progress: each test file announces itself, with the time since the start ---------
+_progress = {"start": None, "file": None}
+
+
+def pytest_sessionstart(session):
+    _progress["start"] = time.perf_counter()
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """Print the test file and the elapsed time when a file starts (even with -q)."""
+    path = location[0]
+    if path == _progress["file"]:
+        return
+    _progress["file"] = path
+    reporter = _reporter()
+    if reporter is not None:
+        elapsed = time.perf_counter() - (_progress["start"] or time.perf_counter())
+        reporter.ensure_newline()
+        reporter.write_line(f"-- {path}: starting, {elapsed // 60:.0f} min {elapsed % 60:02.0f} s "
+                            "into the run")
+
+
+def _reporter():
+    config = _progress.get("config")
+    return None if config is None else config.pluginmanager.get_plugin("terminalreporter")
+
+
+def pytest_configure(config):
+    _progress["config"] = config
+
+
+# --- the slow tests: deselected by the quick loop, python -m pytest -m "not slow" -------
+SLOW = ()
+"""Node-id prefixes (a file, or a file::test) of the tests marked ``slow``: the longest
+property tests and runs, measured by one run of the whole suite (README's Tests section)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.nodeid == p or item.nodeid.startswith(p + "::") or
+               item.nodeid.startswith(p + "[") for p in SLOW):
+            item.add_marker(pytest.mark.slow)
