@@ -3,7 +3,10 @@
 They look at shapes, dtypes, names and structure only (never at values), so
 they cost no device synchronisation and work on tracers under ``jax.jit`` and
 ``jax.vmap``. Each error names the layer and the expected and actual shape, or
-lists the valid names.
+lists the valid names. The exception is integer data whose values decide
+whether the result means anything, token indices and class labels: where
+their values are known at the call (not traced) they are checked on the host
+(:func:`check_concrete_values`).
 
 :func:`jit_with_checks` runs them while tracing: ``jax.jit`` caches a trace on
 the shapes, dtypes and static configuration of its arguments, so the checks
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, Sequence
 
 import jax
@@ -63,6 +66,11 @@ def check_params(params) -> list[int]:
                 f"shape {W_shape}"
             )
         n_in, n_out = W_shape
+        if n_in == 0 or n_out == 0:
+            raise ValueError(
+                f"layer {l}: W has shape {W_shape}: a layer of width 0 holds no units; every "
+                "width needs at least one (init_mlp(key, [n_0, ..., n_L]) with each n >= 1)"
+            )
         if l == 1:
             sizes.append(n_in)
         elif n_in != sizes[-1]:
@@ -227,6 +235,9 @@ def check_network_x(x, net, params):
         )
     if len(shape) < 1 or shape[0] == 0:
         raise ValueError("the batch is empty: x has 0 rows; pass at least one example")
+    if 0 in shape[1:]:
+        raise ValueError(f"x has shape {shape}: an example axis of size 0 holds no data (every "
+                         "axis after the batch axis needs at least one entry)")
     out = net.check(params, shape[1:])
     if len(out) != 1:
         raise ValueError(
@@ -240,6 +251,126 @@ def check_network_x(x, net, params):
             raise TypeError(f"x for {net.layers[0]!r} must be integer indices; got dtype {x_dtype}")
         return jnp.asarray(x), out
     return _as_dtype(x, network_dtype(params)), out
+
+
+# --- values of concrete arrays: tokens and labels, checked on the host ------------------
+def _host_values(v):
+    """``v`` as a NumPy array when its values are known at the call, else None.
+
+    A tracer (under a user's ``jax.jit``, ``jax.vmap`` or ``jax.grad``) has no
+    values yet, and an array spread over other processes cannot be read here:
+    neither can be checked. A concrete JAX array costs one read of its values.
+    """
+    if isinstance(v, jax.core.Tracer):
+        return None
+    if isinstance(v, jax.Array) and not v.is_fully_addressable:
+        return None
+    return np.asarray(v)
+
+
+def _is_integer_array(v) -> bool:
+    dtype = getattr(v, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(v).dtype
+    return jnp.issubdtype(dtype, jnp.integer)
+
+
+def check_token_values(net, x, where: str = "x"):
+    """Raise unless every index of ``x`` lies in [0, vocab_size) of ``net``'s first layer.
+
+    Only for a network whose first layer takes integer indices (an
+    :class:`~functional_bp.layers.Embedding`) and only when ``x``'s values are
+    known (a NumPy array or a concrete JAX array; a traced ``x`` cannot be
+    checked, see the Embedding's docstring). ``where`` names the argument
+    in the message. Shapes and dtypes are checked elsewhere.
+    """
+    if not isinstance(net, Sequential) or not net.integer_input or not _is_integer_array(x):
+        return
+    layer, name = net, []
+    while isinstance(layer, Sequential):
+        layer, name = layer.layers[0], name + ["layer 1"]
+    vocab = getattr(layer, "vocab_size", None)
+    values = None if vocab is None else _host_values(x)
+    if values is None or values.size == 0:
+        return
+    low, high = values.min(), values.max()
+    if low < 0 or high >= vocab:
+        bad = (f"the largest index is {high}" if high >= vocab else
+               f"the smallest index is {low} (negative indices are not counted from the end)")
+        raise ValueError(
+            f"{where}: token indices for {'.'.join(name)} ({layer!r}) must lie in "
+            f"[0, vocab_size) = [0, {vocab}); {bad}. Map the tokens to 0..{vocab - 1} "
+            f"(e.g. one id for unknown tokens), or build the Embedding with a vocab_size "
+            f"larger than every index"
+        )
+
+
+def check_label_values(y, out_shape, where: str = "y"):
+    """Raise unless integer class labels ``y`` lie in [0, n_L) (-1 allowed for sequences).
+
+    ``out_shape`` is one example's output shape (no batch axis). Labels are:
+
+    - ``y`` (m,) for an output (n_L,): each in [0, n_L);
+    - ``y`` (m, T) for a sequence output (T, n_L): each in [0, n_L), or -1,
+      which marks a position that is not scored.
+
+    Anything else (float targets, shapes the shape checks refuse) is left to
+    those checks; a traced ``y`` cannot be checked (its values are unknown).
+    """
+    shape, out_shape = _shape(y), tuple(out_shape)
+    if not out_shape or not _is_integer_array(y):
+        return
+    if len(out_shape) == 1 and len(shape) == 1:
+        lowest = 0
+    elif len(out_shape) == 2 and len(shape) == 2 and shape[1] == out_shape[0]:
+        lowest = -1  # a sequence: -1 marks an unscored position
+    else:
+        return
+    values = _host_values(y)
+    if values is None or values.size == 0:
+        return
+    n_L = out_shape[-1]
+    low, high = values.min(), values.max()
+    if low < lowest or high >= n_L:
+        bad = f"the largest label is {high}" if high >= n_L else f"the smallest label is {low}"
+        also = ", or -1 for a position that is not scored," if lowest == -1 else ""
+        raise ValueError(
+            f"{where}: integer labels must be class indices in [0, n_L) = [0, {n_L}){also} "
+            f"for a network with n_L={n_L} outputs; {bad}. Give the last layer one output "
+            "per class, or remap the labels to 0..n_L-1"
+        )
+
+
+@lru_cache(maxsize=64)
+def _network_output_shape(net, input_shape):
+    try:
+        return tuple(net.output_shape(input_shape))
+    except Exception:  # noqa: BLE001  (a bad shape: the traced checks report it)
+        return None
+
+
+def check_concrete_values(model, params, x, y=None, loss=None):
+    """The value checks of a public call, on the host, before anything is traced.
+
+    Token indices of an Embedding-first network (:func:`check_token_values`)
+    and integer class labels (:func:`check_label_values`), where their values
+    are known. Skipped silently when the shapes are wrong (the traced checks
+    then raise the shape error) or the arrays are traced.
+    """
+    check_token_values(model, x)
+    if y is None or not _is_integer_array(y):
+        return
+    try:
+        if not get_loss(loss).accepts_labels:
+            return
+        if isinstance(model, Layer):
+            out = _network_output_shape(model, _shape(x)[1:])
+        else:
+            out = (_shape(params[-1]["W"])[-1],)
+    except Exception:  # noqa: BLE001  (malformed: the traced checks report it)
+        return
+    if out is not None:
+        check_label_values(y, out)
 
 
 def prepare_model(params, batch, model, loss):
@@ -468,6 +599,10 @@ def jit_with_checks(from_arrays: Callable) -> Callable:
     - Params given as nested Python lists inside the layer dicts are made
       arrays (:func:`params_as_arrays`); the batch goes through
       :func:`array_batch`.
+    - Values that decide whether the result means anything are checked at
+      every call where they are known (not traced): the token indices of an
+      Embedding-first network and integer class labels
+      (:func:`check_concrete_values`; one read of each integer array).
     """
     names = [p.name for p in inspect.signature(from_arrays).parameters.values()
              if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD][3:]
@@ -506,6 +641,7 @@ def jit_with_checks(from_arrays: Callable) -> Callable:
         compiled.move_to_end(key)
         params = params_as_arrays(params)
         batch = array_batch(batch)
+        check_concrete_values(model, params, *batch, loss)
         return f(params, batch, *(None if n is not None else a for a, n in zip(args, numbers)))
 
     call.compiled = compiled

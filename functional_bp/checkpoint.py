@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -39,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate
+from .layers import Sequential
+from .layers.base import abstract_init, check_input_shape
 
 FORMAT = "functional_bp.params/1"
 _META = "__meta__"
@@ -81,6 +84,103 @@ def _leaf_name(path) -> str:
     return "p/" + "/".join(str(getattr(k, "idx", getattr(k, "key", k))) for k in path)
 
 
+# --- params against their network -----------------------------------------------------
+_TRIAL_LENGTHS = (1, 8, 1024)
+"""Spatial or sequence lengths tried when the input shape is not recorded (see :func:`check_fits`)."""
+
+
+def _fits_some_input(layer, p):
+    """(the keys ``layer`` makes, an example of what it makes, whether ``p`` fits some input).
+
+    The input shape is not known here; ``p``'s own axis sizes are tried as the
+    input's last axis (features or channels; a weight's second-to-last axis
+    first), alone or after 1 or 2 axes of a few lengths. ``p`` fits when one of
+    those inputs makes exactly its keys and shapes.
+    """
+    shapes = tuple(sorted((k, tuple(int(n) for n in np.shape(v))) for k, v in p.items()))
+    try:
+        return _fits_shapes(layer, shapes)
+    except TypeError:  # a layer that cannot be hashed: not cached
+        return _fits_shapes.__wrapped__(layer, shapes)
+
+
+@functools.lru_cache(maxsize=256)
+def _fits_shapes(layer, shapes):
+    got = dict(shapes)
+    order = [s[-2] for s in got.values() if len(s) >= 2] + [n for s in got.values() for n in s]
+    sizes = list(dict.fromkeys(n for n in order if n > 0)) or [1]
+    keys = example = None
+    for n in sizes:
+        for lead in [()] + [(k,) * r for r in (1, 2) for k in _TRIAL_LENGTHS]:
+            try:
+                expected, _ = abstract_init(layer, (*lead, n))
+            except Exception:  # noqa: BLE001  (an input this layer cannot take)
+                continue
+            want = {k: tuple(v.shape) for k, v in expected.items()}
+            if keys is None:
+                keys, example = set(want), ((*lead, n), want)
+            if want == got:
+                return keys, example, True
+    return keys, example, False
+
+
+def _shapes(want) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(want.items())) or "no params"
+
+
+def check_fits(network, params, input_shape=None):
+    """Raise ValueError unless ``params`` fit ``network``, naming the layer and the leaf.
+
+    Leaf by leaf: each layer's params must be what the layer makes for some
+    input (the keys exactly, and the shapes; a leaf is named as the file names
+    it, ``p/2/W`` for ``params[2]["W"]``, which is layer 3). With
+    ``input_shape`` (one example's shape; the command line records it as the
+    metadata's ``input_shape``) the whole chain is checked as well
+    (:meth:`~functional_bp.layers.Sequential.check`): each layer's params for
+    the shape the layers before it give.
+    """
+    def walk(layers, params, where, idx):
+        if not isinstance(params, (list, tuple)) or len(params) != len(layers):
+            got = (f"{len(params)} entries" if isinstance(params, (list, tuple))
+                   else type(params).__name__)
+            raise ValueError(f"{where or 'network'}: params must be a list with one entry per "
+                             f"layer ({len(layers)}); got {got}")
+        for i, (layer, p) in enumerate(zip(layers, params)):
+            here, at = f"{where}layer {i + 1}", idx + [str(i)]
+            if isinstance(layer, Sequential):
+                walk(layer.layers, p, here + ".", at)
+                continue
+            leaf = lambda k: "p/" + "/".join(at + [str(k)])  # noqa: E731
+            if not isinstance(p, dict):
+                raise ValueError(f"{here} ({layer!r}): params must be a dict of arrays; got "
+                                 f"{type(p).__name__}")
+            for k, v in p.items():
+                dtype = getattr(v, "dtype", np.asarray(v).dtype)
+                if not np.issubdtype(dtype, np.floating):
+                    raise ValueError(f"{here} ({layer!r}): {leaf(k)} must be floating point; "
+                                     f"got {dtype}")
+            keys, example, fits = _fits_some_input(layer, p)
+            if fits or keys is None:
+                continue
+            missing, extra = sorted(keys - set(p)), sorted(set(p) - keys)
+            if missing or extra:
+                raise ValueError(
+                    f"{here} ({layer!r}): "
+                    + "; ".join([f"{', '.join(map(leaf, missing))} missing"] * bool(missing)
+                                + [f"{', '.join(map(leaf, extra))} not this layer's"] * bool(extra))
+                    + f" (it has {sorted(keys) or 'no params'}): these params were made for "
+                    "another network")
+            shapes = {k: tuple(np.shape(v)) for k, v in p.items()}
+            raise ValueError(
+                f"{here} ({layer!r}): {_shapes({leaf(k): v for k, v in shapes.items()})} fit "
+                f"no input of this layer (for inputs (m, {', '.join(map(str, example[0]))}) it "
+                f"makes {_shapes(example[1])}): these params were made for another network")
+
+    walk(network.layers, params, "", [])
+    if input_shape is not None:
+        network.check(params, check_input_shape(input_shape))
+
+
 def save_params(path, params, *, activations=None, network=None, loss=None, metadata=None,
                 extra=None):
     """Write ``params`` (and metadata, extra arrays) to ``path`` atomically.
@@ -92,6 +192,9 @@ def save_params(path, params, *, activations=None, network=None, loss=None, meta
       activations: optional, one name per layer; recorded in the metadata.
       network: the :class:`functional_bp.layers.Sequential` the params belong
         to; recorded (layer types and options) so that loading rebuilds it.
+        The params must fit it (:func:`check_fits`, checked here and at load;
+        with ``metadata={"input_shape": [...]}`` layer by layer along the
+        chain too), else a ValueError names the layer and the leaf.
       loss: optional loss name; recorded in the metadata.
       metadata: optional JSON-serialisable dict merged into the metadata.
       extra: optional dict name -> array, stored as ``extra/<name>``.
@@ -106,6 +209,7 @@ def save_params(path, params, *, activations=None, network=None, loss=None, meta
     if network is not None:
         from .layers import to_config
 
+        check_fits(network, params, meta.get("input_shape"))
         meta.update(network=to_config(network), sizes=None,
                     dtype=str(jnp.dtype(_validate.network_dtype(params))))
         arrays = {_leaf_name(p): np.asarray(v)
@@ -316,6 +420,10 @@ def _network_params(path, meta, arrays):
         if not isinstance(node, dict) or not np.issubdtype(arrays[name].dtype, np.floating):
             raise CheckpointError(f"{path}: entry {name} does not fit the recorded network")
         node[leaf] = jnp.asarray(arrays[name])
+    try:
+        check_fits(network, params, meta.get("input_shape"))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: the params do not fit the recorded network: {e}") from None
     return network, params
 
 

@@ -91,7 +91,9 @@ def make_custom_vjp_objective(backward: Callable, *, activations=None, network=N
 
     def objective(params, batch):
         """J(params, batch), equal to functional_bp.objective; jax.grad runs our rule."""
-        return J_checked(_validate.params_as_arrays(params), _validate.array_batch(batch))
+        params, batch = _validate.params_as_arrays(params), _validate.array_batch(batch)
+        _validate.check_concrete_values(model, params, *batch, loss_obj)
+        return J_checked(params, batch)
 
     return objective
 

@@ -306,6 +306,17 @@ def _check_finite(path, name, a):
         )
 
 
+def _check_float32_range(path, name, a):
+    big = np.abs(a.astype(np.float64)) > np.finfo(np.float32).max
+    if big.any():
+        rows = np.flatnonzero(big.reshape(a.shape[0], -1).any(axis=1))
+        raise ValueError(
+            f"{path}: {name} holds values beyond float32's range (|v| > 3.4e38) in "
+            f"{len(rows)} row(s), first at row {int(rows[0])}; they would become infinite: "
+            "rescale those features first"
+        )
+
+
 def _one_of(path, arrays, names):
     found = [n for n in names if n in arrays]
     if len(found) > 1:
@@ -411,6 +422,12 @@ def _read(path):
     x, y = arrays["x"], arrays["y"]
     if x.ndim != 2:
         raise ValueError(f"{path}: X must be 2-D (m examples, n_0 features); got shape {x.shape}")
+    for name in ("x", "x_test"):
+        if name in arrays and 0 in arrays[name].shape:
+            what = "no examples (0 rows)" if arrays[name].shape[0] == 0 else "no features (0 columns)"
+            raise ValueError(f"{path}: {name.replace('x', 'X', 1)} has shape "
+                             f"{arrays[name].shape}: {what}; the file needs at least one "
+                             "example with at least one feature")
     if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
         raise ValueError(
             f"{path}: y must have shape ({x.shape[0]},) or ({x.shape[0]}, n_L) to "
@@ -420,6 +437,8 @@ def _read(path):
         if name in arrays:
             _check_finite(path, name.replace("x", "X", 1) if name[0] == "x" else name,
                           arrays[name].astype(np.float64))
+            if name[0] == "x":  # features are trained in float32: beyond its range is inf
+                _check_float32_range(path, name.replace("x", "X", 1), arrays[name])
     if "x_test" in arrays:
         xt, yt = arrays["x_test"], arrays["y_test"]
         if xt.ndim != 2 or xt.shape[1] != x.shape[1] or yt.shape[0] != xt.shape[0] \
@@ -608,12 +627,41 @@ def standardize(data: Dataset):
     constant column keeps std 1). The test (and validation) part uses the
     training statistics.
 
+    The statistics are computed in float64 (a feature of scale 1e30 has a
+    variance of 1e60, beyond float32), relative to each column's largest
+    magnitude, so the statistics of any finite data are finite (|mean| and std
+    never exceed the largest |x| of the column). Data that cannot be
+    standardized, with NaN or infinite values, are refused with the column named.
+
     Returns:
       ``(dataset, mean, std)``; mean and std have shape (n_0,).
+
+    Raises:
+      ValueError: ``x_train`` has no rows, or NaN or infinite values.
     """
-    mean = data.x_train.mean(axis=0)
-    std = data.x_train.std(axis=0)
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    x = np.asarray(data.x_train, dtype=np.float64)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"standardize: x_train has shape {x.shape}; need at least one example")
+    bad = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=0)
+    if bad.any():
+        raise ValueError(
+            f"standardize: x_train holds NaN or infinite values in {int(bad.sum())} "
+            f"feature(s), first feature {int(np.flatnonzero(bad)[0])}; remove or impute them "
+            "first"
+        )
+    # Scaled by each column's largest magnitude: the squares cannot overflow.
+    peak = np.max(np.abs(x), axis=0)
+    peak = np.where(peak > 0, peak, 1.0)
+    mean = (x / peak).mean(axis=0) * peak
+    std = (x / peak).std(axis=0) * peak
+    std = np.where(std > 0, std, 1.0)  # |mean|, std <= peak: finite
+    dtype = np.result_type(data.x_train.dtype, np.float32)  # the statistics in x's precision
+    mean, std = mean.astype(dtype), std.astype(dtype)
+    tiny = std == 0  # a spread below the dtype's smallest number (subnormal data)
+    if tiny.any():
+        raise ValueError(
+            f"standardize: feature {int(np.flatnonzero(tiny)[0])} varies by less than the "
+            f"smallest {dtype} number; rescale it (or drop it) first")
     scale = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
     val = {} if data.x_val is None else {"x_val": scale(data.x_val)}
     return data._replace(x_train=scale(data.x_train), x_test=scale(data.x_test), **val), \

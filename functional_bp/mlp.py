@@ -152,7 +152,9 @@ def forward(params, x, *, activations=None, network=None, key=None):
     """
     model = _validate.resolve_model(activations, network)
     model, _ = _validate.static_config(model)
-    return _forward(_validate.params_as_arrays(params), _validate.as_array(x), key, model=model)
+    x = _validate.as_array(x)
+    _validate.check_token_values(model, x)
+    return _forward(_validate.params_as_arrays(params), x, key, model=model)
 
 
 def objective(params, batch, *, activations=None, network=None, loss, l2=0.0, key=None):

@@ -216,8 +216,9 @@ def data_parallel_value_and_grad(params, batch, *, activations=None, network=Non
     _validate.check_l2(l2)
     model = _validate.resolve_model(activations, network)
     params = _validate.params_as_arrays(params)
-    view, _, loss, x, y = _validate.prepare_model(params, _validate.array_batch(batch), model,
-                                                  loss)
+    batch = _validate.array_batch(batch)
+    view, _, loss, x, y = _validate.prepare_model(params, batch, model, loss)
+    _validate.check_concrete_values(model, params, *batch, loss)
     if network is None:  # the activations, resolved (the MLP's Activation layers)
         model = tuple(layer.fn for layer in view.net.layers[1::2])
     return _data_parallel_value_and_grad(params, x, y, l2, activations=model,

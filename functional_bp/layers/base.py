@@ -24,9 +24,11 @@ as its params).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def rows(c, t):
@@ -107,6 +109,57 @@ class Layer:
 
     def check_input(self, input_shape, where: str):
         """Raise when ``input_shape`` cannot feed this layer (overridden where it matters)."""
+
+
+def positive_int(where: str, value) -> int:
+    """``value`` as a Python int when it is an integer > 0 (NumPy integers too), else a ValueError.
+
+    ``where`` names the option, e.g. ``"Dense(features)"``. Booleans are refused.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+            and value > 0:
+        return int(value)
+    raise ValueError(f"{where}: a positive integer; got {value!r}")
+
+
+def real_number(where: str, value, rule: str, ok) -> float:
+    """``value`` as a Python float when it is a finite real number with ``ok(value)``.
+
+    Python and NumPy numbers (and 0-d NumPy arrays) are accepted; booleans,
+    NaN and infinities are refused, with ``rule`` (e.g. ``"a number > 0"``) in
+    the message.
+    """
+    number = isinstance(value, (int, float, np.integer, np.floating)) or (
+        isinstance(value, np.ndarray) and value.shape == ()
+        and np.issubdtype(value.dtype, np.number) and not np.iscomplexobj(value))
+    if number and not isinstance(value, (bool, np.bool_)):
+        v = float(value)
+        if math.isfinite(v) and ok(v):
+            return v
+    raise ValueError(f"{where}: {rule}; got {value!r}")
+
+
+def check_input_shape(input_shape, where: str = "input_shape") -> tuple:
+    """``input_shape`` as a tuple of positive ints (one example's shape, no batch axis).
+
+    An int alone (``net.init(key, 4)``), a non-integer entry or an axis of
+    size 0 (which would make a layer divide by zero or normalise nothing) is
+    refused with the fix.
+    """
+    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
+        raise TypeError(f"{where} must be a tuple, one example's shape without the batch "
+                        f"axis; got the int {input_shape!r}: pass ({int(input_shape)},)")
+    if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+            for n in input_shape):
+        raise TypeError(f"{where} must be a tuple of ints, one example's shape without the "
+                        f"batch axis, e.g. (64,) or (28, 28, 1); got {input_shape!r}")
+    shape = tuple(int(n) for n in input_shape)
+    if any(n <= 0 for n in shape):
+        raise ValueError(f"{where}: every axis of an example needs at least one entry; got "
+                         f"{shape}: an axis of size 0 holds no data (check how the data were "
+                         "sliced or reshaped)")
+    return shape
 
 
 def abstract_init(layer, input_shape):

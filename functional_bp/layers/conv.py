@@ -78,8 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .base import Layer
-from .dense import Dense
+from .base import Layer, positive_int, real_number, sum_rows
 
 _SPATIAL = {1: "W", 2: "HW"}
 
@@ -93,6 +92,16 @@ def as_tuple(value, n: int, what: str) -> tuple:
                     for v in items)):
         raise ValueError(f"{what}: a positive integer or {n} of them; got {value!r}")
     return tuple(int(v) for v in items)
+
+
+def plain_ints(value):
+    """An int, or a list or tuple of ints, with NumPy integers made Python ints (lists: tuples).
+
+    Options are recorded in checkpoints as JSON, which has no NumPy types.
+    """
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return tuple(int(v) for v in value)
 
 
 def canonical_padding(padding, n: int, what: str):
@@ -220,14 +229,14 @@ class _Conv(Layer):
 
     def __post_init__(self):
         name = type(self).__name__
-        if not (isinstance(self.features, (int, np.integer)) and not isinstance(self.features, bool)
-                and self.features > 0):
-            raise ValueError(f"{name}(features): a positive integer; got {self.features!r}")
+        object.__setattr__(self, "features", positive_int(f"{name}(features)", self.features))
+        object.__setattr__(self, "scale", real_number(
+            f"{name}(scale)", self.scale, "a finite number >= 0 (W ~ N(0, scale / fan_in))",
+            lambda v: v >= 0))
         for field in ("kernel_size", "stride", "dilation"):
             value = getattr(self, field)
             as_tuple(value, self.ndim, f"{name}({field})")
-            if isinstance(value, list):
-                object.__setattr__(self, field, tuple(value))
+            object.__setattr__(self, field, plain_ints(value))
         object.__setattr__(self, "padding",
                            canonical_padding(self.padding, self.ndim, f"{name}(padding)"))
 

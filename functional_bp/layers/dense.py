@@ -46,7 +46,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, sum_rows
+from .base import Layer, positive_int, real_number, sum_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +57,10 @@ class Dense(Layer):
     scale: float = 2.0
 
     def __post_init__(self):
-        if not (isinstance(self.features, int) and not isinstance(self.features, bool)
-                and self.features > 0):
-            raise ValueError(f"Dense(features): a positive integer; got {self.features!r}")
+        object.__setattr__(self, "features", positive_int("Dense(features)", self.features))
+        object.__setattr__(self, "scale", real_number(
+            "Dense(scale)", self.scale, "a finite number >= 0 (W ~ N(0, scale / n_in); 2 is "
+            "'he', 1 'lecun')", lambda v: v >= 0))
 
     def init(self, key, input_shape, dtype=jnp.float32):
         n_in = input_shape[-1]

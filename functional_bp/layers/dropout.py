@@ -26,7 +26,7 @@ import dataclasses
 
 import jax
 
-from .base import Layer
+from .base import Layer, real_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +36,9 @@ class Dropout(Layer):
     rate: float
 
     def __post_init__(self):
-        if not (isinstance(self.rate, (int, float)) and 0 <= self.rate < 1):
-            raise ValueError(f"Dropout(rate): a number in [0, 1); got {self.rate!r}")
+        object.__setattr__(self, "rate", real_number(
+            "Dropout(rate)", self.rate, "a number in [0, 1), the share of entries zeroed",
+            lambda v: 0 <= v < 1))
 
     def forward(self, params, x, key=None):
         if key is None or self.rate == 0:

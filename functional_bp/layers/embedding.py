@@ -24,8 +24,16 @@ by the Dense rule in Gram form,
 so repeated indices within an example are counted with their cross terms
 (for X (m,), T = 1: ||G[n]||^2).
 
-An index outside [0, vocab_size) cannot be caught while tracing (the checks
-see shapes, not values); it gives a row of NaN, never another row's values.
+Indices outside [0, vocab_size) (negative ones included) are refused with an
+error naming the layer, the index and the range by every public function
+(``value_and_grad``, ``grad``, ``backprop``, ``objective``, ``forward``, the
+per-example functions, ``clipped_grad``, the private gradients) and by
+``fit``, wherever the values are known at the call: NumPy arrays and concrete
+JAX arrays (``functional_bp._validate.check_token_values``). Traced indices,
+inside a user's own ``jax.jit``, ``jax.vmap`` or ``jax.grad``, have no values
+yet and cannot be checked: there an out-of-range index gives a row of NaN in
+the forward (so a NaN loss), never another row's values, and adds nothing to
+dW. Check such data before the traced call.
 
 Example::
 
@@ -48,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .base import Layer
+from .base import Layer, positive_int, real_number
 
 
 def _positive_int(v):
@@ -73,9 +81,10 @@ class Embedding(Layer):
 
     def __post_init__(self):
         for name in ("vocab_size", "features"):
-            if not _positive_int(getattr(self, name)):
-                raise ValueError(f"Embedding({name}): a positive integer; got "
-                                 f"{getattr(self, name)!r}")
+            object.__setattr__(self, name, positive_int(f"Embedding({name})", getattr(self, name)))
+        object.__setattr__(self, "scale", real_number(
+            "Embedding(scale)", self.scale, "a finite number >= 0 (W ~ N(0, scale))",
+            lambda v: v >= 0))
 
     def init(self, key, input_shape, dtype=jnp.float32):
         W = self.scale ** 0.5 * jax.random.normal(key, (self.vocab_size, self.features), dtype)

@@ -46,7 +46,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from .base import Layer, sum_rows
+from .base import Layer, real_number, sum_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +56,9 @@ class LayerNorm(Layer):
     eps: float = 1e-5
 
     def __post_init__(self):
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise ValueError(f"LayerNorm(eps): a number > 0; got {self.eps!r}")
+        object.__setattr__(self, "eps", real_number(
+            "LayerNorm(eps)", self.eps, "a finite number > 0 added to the variance (default "
+            "1e-5)", lambda v: v > 0))
 
     def init(self, key, input_shape, dtype=jnp.float32):
         d = input_shape[-1]

@@ -58,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .base import Layer
-from .conv import as_tuple, canonical_padding, check_window, fold, resolve_padding, unfold
+from .conv import (as_tuple, canonical_padding, check_window, fold, plain_ints, resolve_padding,
+                   unfold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +77,7 @@ class _Pool(Layer):
             if value is None:
                 continue
             as_tuple(value, self.ndim, f"{name}({field})")
-            if isinstance(value, list):
-                object.__setattr__(self, field, tuple(value))
+            object.__setattr__(self, field, plain_ints(value))
         padding = canonical_padding(self.padding, self.ndim, f"{name}(padding)")
         object.__setattr__(self, "padding", padding)
         k = as_tuple(self.window, self.ndim, "")

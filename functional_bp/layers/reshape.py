@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from .base import Layer
 
@@ -33,11 +34,12 @@ class Reshape(Layer):
     def __post_init__(self):
         shape = self.shape
         if not (isinstance(shape, (tuple, list)) and shape
-                and all(isinstance(v, int) and not isinstance(v, bool) and (v > 0 or v == -1)
-                        for v in shape) and list(shape).count(-1) <= 1):
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                        and (v > 0 or v == -1) for v in shape) and list(shape).count(-1) <= 1):
+            hint = f" (a tuple: ({int(shape)},))" if isinstance(shape, (int, np.integer)) else ""
             raise ValueError(f"Reshape(shape): a tuple of positive ints, at most one -1; "
-                             f"got {shape!r}")
-        object.__setattr__(self, "shape", tuple(shape))
+                             f"got {shape!r}{hint}")
+        object.__setattr__(self, "shape", tuple(int(v) for v in shape))
 
     def _target(self, input_shape, where="init"):
         size = math.prod(input_shape)

@@ -38,7 +38,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, abstract_init
+from .base import Layer, abstract_init, check_input_shape
 
 
 def _key(key, i):
@@ -103,11 +103,11 @@ class Sequential(Layer):
         """
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype must be a floating dtype; got {dtype}")
-        return self.init_with_shape(key, input_shape, dtype)[0]
+        return self.init_with_shape(key, check_input_shape(input_shape), dtype)[0]
 
     def output_shape(self, input_shape):
         """The shape of one example's output (no batch axis)."""
-        return abstract_init(self, input_shape)[1]
+        return abstract_init(self, check_input_shape(input_shape))[1]
 
     def check(self, params, input_shape, where="network"):
         if not isinstance(params, (list, tuple)) or len(params) != len(self.layers):
