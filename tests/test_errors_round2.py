@@ -66,6 +66,34 @@ def test_embedding_indices_out_of_range_refused_by_every_public_function(name, t
     f((_GOOD_TOKENS, y))  # in range: runs
 
 
+def test_embedding_indices_and_labels_checked_by_the_private_gradients():
+    from functional_bp.privacy import DPConfig, private_batch_grad, private_grad, step_key
+
+    net, params = _token_net()
+    plan = DPConfig(clip_norm=1.0, noise_multiplier=1.0).plan(num_examples=8, batch_size=4,
+                                                              steps=10)
+    x, y = np.array([[0, 1, 2, 4]] * 8), np.zeros(8, np.int64)
+    calls = [
+        lambda x, y: private_grad(params, (x, y), step_key(jax.random.key(1), 0), plan,
+                                  network=net, loss=CE),
+        lambda x, y: private_batch_grad(params, (x, y), jnp.ones(8), jax.random.key(2), plan,
+                                        network=net, loss=CE),
+    ]
+    assert plan.capacity == 8
+    for f in calls:
+        with pytest.raises(ValueError, match=r"x: token indices .*the largest index is 5"):
+            f(x + 1, y)
+        with pytest.raises(ValueError, match=r"y: integer labels .*the largest label is 2"):
+            f(x, y + 2)
+        f(x, y)
+
+
+def test_check_gradients_refuses_out_of_range_indices():
+    net, params = _token_net()
+    with pytest.raises(ValueError, match=r"x: token indices .*the smallest index is -1"):
+        fbp.check_gradients(params, (_GOOD_TOKENS - 1, np.array([0, 1])), network=net, loss=CE)
+
+
 def test_embedding_indices_nested_first_layer_named():
     net = fl.Sequential(fl.Sequential(fl.Embedding(5, 3), fl.Flatten()), fl.Dense(2))
     params = net.init(jax.random.key(0), (4,))

@@ -131,9 +131,9 @@ def private_batch_grad(params, batch, weights, noise_key, plan: DPPlan, *, activ
     _check_plan_and_key(plan, noise_key)
     batch = tuple(batch)
     weights = check_inclusion_mask(weights, rows=np.shape(batch[0])[0])
-    return _private_batch_grad(params, batch, weights, noise_key, plan,
-                               model=check_private_model(_static(activations, network)),
-                               loss=loss)
+    model = check_private_model(_static(activations, network))
+    _validate.check_concrete_values(model, params, *batch, loss)
+    return _private_batch_grad(params, batch, weights, noise_key, plan, model=model, loss=loss)
 
 
 def check_inclusion_mask(weights, *, rows: int):
@@ -271,9 +271,9 @@ def private_grad(params, data, key, plan: DPPlan, *, activations=None, network=N
                          "plan with the training set's size")
     if mesh is not None:
         mesh = check_mesh(mesh)
-    return private_step_grad(params, (x, y), key, plan,
-                             model=check_private_model(_static(activations, network)),
-                             loss=loss, mesh=mesh)
+    model = check_private_model(_static(activations, network))
+    _validate.check_concrete_values(model, params, x, y, loss)
+    return private_step_grad(params, (x, y), key, plan, model=model, loss=loss, mesh=mesh)
 
 
 @partial(jax.jit, static_argnames=("plan", "model", "loss", "mesh"))
