@@ -35,6 +35,7 @@ def pytest_sessionstart(session):
     _progress["start"] = time.perf_counter()
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter writes the file's name
 def pytest_runtest_logstart(nodeid, location):
     """Print the test file and the elapsed time when a file starts (even with -q)."""
     path = location[0]
@@ -44,7 +45,10 @@ def pytest_runtest_logstart(nodeid, location):
     reporter = _reporter()
     if reporter is not None:
         elapsed = time.perf_counter() - (_progress["start"] or time.perf_counter())
-        reporter.ensure_newline()
+        reporter.ensure_newline()  # after a file's line of results (default verbosity)
+        if reporter.verbosity < 0 and _progress.get("started"):  # -q: the dots' line
+            reporter.write("\n")
+        _progress["started"] = True
         reporter.write_line(f"-- {path}: starting, {elapsed // 60:.0f} min {elapsed % 60:02.0f} s "
                             "into the run")
 
