@@ -40,7 +40,7 @@ parameters and of every layer before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import jax
@@ -399,6 +399,32 @@ def check_gradients(
     if input_row is not None:
         rows.append(_row(INPUT_ROW, *input_row(), rtol, None, fd_rtol))
     return GradientReport(rows=tuple(rows))
+
+
+def compare(name: str, ours, ref, rtol: float | None = None, *,
+            scale: float | None = None) -> GradientRow:
+    """One :class:`GradientRow`: the array ``ours`` against the reference ``ref``.
+
+    The error and the default tolerance of :func:`check_gradients` (relative
+    to max |ref|; 1e-10 for float64, 2e-5 for float32), for quantities that
+    are not a ``jax.grad`` (per-example norms, clipped gradients). ``scale``,
+    when given, replaces max |ref| as the leaf's scale: for a sum whose terms
+    cancel, the size of the terms (max_j sum_i |t_ij|) is the scale rounding
+    errors are relative to.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> compare("norms", jnp.array([1.0, 2.0]), jnp.array([1.0, 2.0])).ok
+        True
+    """
+    row = _row(name, jnp.asarray(ours), jnp.asarray(ref), rtol, None, None)
+    if scale is None or not np.isfinite(row.max_abs_error):
+        return row
+    scale = float(scale)
+    if not scale > 0:
+        raise ValueError(f"compare({name!r}): scale must be > 0; got {scale}")
+    return replace(row, rel_error=row.max_abs_error / scale)
 
 
 def _row(name, ours, ref, rtol, fd, fd_rtol) -> GradientRow:

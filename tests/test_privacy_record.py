@@ -242,3 +242,57 @@ def test_private_grad_refuses_dropout_as_fit_does():
     off = fl.Sequential(fl.Dense(8), fl.Activation("relu"), fl.Dropout(0.0), fl.Dense(3))
     g = privacy.private_grad(params, (x, y), jax.random.key(0), plan, network=off, loss=LOSS)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(g))
+
+
+# ----------------------------------------------------------------- check on a private run
+
+def test_check_private_gradients_passes_and_catches_wrong_norms_or_clipping(monkeypatch):
+    plan = _plan()
+    net = fl.Sequential(fl.Dense(6), fl.Activation("tanh"), fl.Dense(3))
+    params = net.init(jax.random.key(3), (5,))
+    x, y = _data()
+    batch = (x[:16], jax.nn.one_hot(y[:16], 3))
+    report = privacy.check_private_gradients(params, batch, plan, network=net, loss=LOSS)
+    assert report.ok, str(report)
+    names = [r.name for r in report.rows]
+    assert names[0] == "||g_i|| per example" and report.rows[0].shape == (16,)
+    assert len(names) == 5 and all(n.startswith("clipped layer") for n in names[1:])
+    # some rows are clipped, some not: the comparison covers both branches of min(1, C/||g||)
+    norms = fbp.per_example_grad_norms(params, batch, network=net, loss=LOSS)
+    assert bool(jnp.any(norms > plan.clip_norm)) and bool(jnp.any(norms < plan.clip_norm))
+    # the wrong twins: norms 0.1% off, and a step clipped at 1.01 C, are caught
+    from functional_bp.privacy import check as private_check
+
+    with monkeypatch.context() as mp:
+        mp.setattr(private_check, "per_example_grad_norms",
+                   lambda *a, **k: 1.001 * fbp.per_example_grad_norms(*a, **k))
+        wrong = privacy.check_private_gradients(params, batch, plan, network=net, loss=LOSS)
+    assert [r.name for r in wrong.failed] == ["||g_i|| per example"]
+    with monkeypatch.context() as mp:
+        mp.setattr(private_check, "private_batch_grad",
+                   lambda p, b, w, k, plan, **kw: privacy.private_batch_grad(
+                       p, b, w, k, dataclasses.replace(plan, clip_norm=1.01 * plan.clip_norm),
+                       **kw))
+        wrong = privacy.check_private_gradients(params, batch, plan, network=net, loss=LOSS)
+    assert len(wrong.failed) == 4 and all(r.name.startswith("clipped") for r in wrong.failed)
+
+
+def test_check_on_a_private_checkpoint_checks_the_norms_and_the_clipped_step(tmp_path, capsys):
+    from functional_bp.cli import main
+
+    small = ["--data", "xor", "--hidden", "8", "--activation", "tanh", "--quiet",
+             "--batch-size", "32", "--lr", "0.01"]
+    out = tmp_path / "run"
+    assert main(["train", *small, "--dp-clip", "0.05", "--dp-noise", "1.1", "--epochs", "1",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out / "params.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "private run (clip 0.05, divided by q N = 32)" in text
+    assert "||g_i|| per example" in text and "clipped layer 1 W" in text
+    assert "PASS: the per-example norms and the clipped step equal jax.vmap(jax.grad)" in text
+    # a run that was not private gets the ordinary check only
+    assert main(["train", *small, "--epochs", "1", "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "plain" / "params.npz")]) == 0
+    assert "private run" not in capsys.readouterr().out

@@ -271,6 +271,7 @@ def run(args, parser=None):
                                  l2=args.l2, finite_differences=args.finite_differences,
                                  **({} if dropout_key is None else
                                     dict(dropout_key=dropout_key)))
+        private = _private_report(args.checkpoint, params, batch, checked)
     source = args.checkpoint or "random network"
     rows = f"{len(batch[0])} rows of {args.data}" if data is not None else f"{args.batch} random rows"
     dropout = "" if dropout_key is None else ", dropout on (one fixed key for both sides)"
@@ -279,4 +280,30 @@ def run(args, parser=None):
     print(report)
     print("PASS: the hand-derived gradients equal jax.grad" if report.ok
           else f"FAIL: {len(report.failed)} leaf(s) over tolerance")
-    return 0 if report.ok else 1
+    if private is not None:  # a private run relied on the norms and the clipped step
+        plan, preport = private
+        print(f"\nprivate run (clip {plan.clip_norm:g}, divided by q N = {plan.denominator}): "
+              "per-example norms and the clipped step (noise set to 0) against "
+              "jax.vmap(jax.grad)")
+        print(preport)
+        print("PASS: the per-example norms and the clipped step equal jax.vmap(jax.grad) "
+              "(the noise, random, is not checked)" if preport.ok
+              else f"FAIL: {len(preport.failed)} row(s) over tolerance")
+    return 0 if report.ok and (private is None or private[1].ok) else 1
+
+
+def _private_report(checkpoint, params, batch, checked):
+    """(plan, report) of the private-step check for a private run's checkpoint, else None."""
+    if checkpoint is None:
+        return None
+    from ..checkpoint import read_metadata
+    from ..privacy import check_private_gradients, checkpoint_plan
+
+    try:
+        plan = checkpoint_plan(read_metadata(checkpoint), str(checkpoint))
+    except (OSError, ValueError) as e:
+        raise UsageError("checkpoint", str(e)) from None
+    if plan is None:
+        return None
+    return plan, check_private_gradients(params, batch, plan, **checked.model,
+                                         loss=checked.loss)

@@ -43,7 +43,10 @@ The modules, in import order (each imports only those before it):
 - :mod:`~functional_bp.privacy.sampling`: Poisson sampling in fixed-shape chunks;
 - :mod:`~functional_bp.privacy.config`: :class:`DPConfig`, :class:`DPPlan`,
   :func:`check_plan`, and the run's record (checkpoints, resumption);
-- :mod:`~functional_bp.privacy.step`: the clipped, noised gradient.
+- :mod:`~functional_bp.privacy.step`: the clipped, noised gradient;
+- :mod:`~functional_bp.privacy.check`: the per-example norms and the clipped
+  step checked against ``jax.vmap(jax.grad)`` (what ``functional-bp check``
+  adds for a checkpoint of a private run).
 
 The private epoch of the trainer is :func:`functional_bp.train.fit`'s (its
 Poisson batch sampler); every name below is importable from
@@ -52,18 +55,21 @@ Poisson batch sampler); every name below is importable from
 
 from .accounting import (ACCOUNTANTS, calibrate_noise_multiplier, check_delta, default_delta,
                          dp_event, epsilon)
-from .config import (SAMPLINGS, DPConfig, DPPlan, check_plan, checkpoint_metadata,
-                     epoch_record, fit_plan, plan_from_metadata, steps_per_epoch)
+from .config import (SAMPLINGS, DPConfig, DPPlan, check_continued_privately, check_plan,
+                     checkpoint_metadata, epoch_record, fit_plan, plan_from_metadata,
+                     steps_per_epoch)
 from .sampling import (OVERFLOW_PROBABILITY, PoissonBatch, num_chunks, poisson_batch,
                        poisson_capacity, poisson_mask, step_key)
 from .step import (check_inclusion_mask, check_private_model, gaussian_noise, private_batch_grad,
                    private_grad, private_step_grad)
+from .check import check_private_gradients, checkpoint_plan, without_noise
 
 __all__ = [
     "ACCOUNTANTS", "OVERFLOW_PROBABILITY", "SAMPLINGS", "DPConfig", "DPPlan", "PoissonBatch",
-    "calibrate_noise_multiplier", "check_delta", "check_inclusion_mask", "check_plan",
-    "check_private_model", "checkpoint_metadata",
+    "calibrate_noise_multiplier", "check_continued_privately", "check_delta",
+    "check_inclusion_mask", "check_plan", "check_private_model", "checkpoint_metadata",
     "default_delta", "dp_event", "epoch_record", "epsilon", "fit_plan", "gaussian_noise",
     "num_chunks", "plan_from_metadata", "poisson_batch", "poisson_capacity", "poisson_mask",
     "private_batch_grad", "private_grad", "private_step_grad", "step_key", "steps_per_epoch",
+    "check_private_gradients", "checkpoint_plan", "without_noise",
 ]

@@ -335,6 +335,19 @@ def _differences(plan: DPPlan, saved: DPPlan) -> str:
     return "; ".join(f"{k}: saved {b[k]!r}, now {a[k]!r}" for k in a if a[k] != b[k])
 
 
+def check_continued_privately(saved) -> None:
+    """Refuse to continue a private state (``saved``, its plan) without privacy.
+
+    Training it on without ``dp=`` (or with a sampler that is not private)
+    would see the same data without noise or clipping and void its guarantee.
+    """
+    if saved is not None:
+        raise ValueError(
+            f"the state comes from a private run ({saved.describe()}); continuing it "
+            "without dp= would train on the same data without noise or clipping and "
+            "void its guarantee; pass dp= the DPConfig it was trained with")
+
+
 def fit_plan(dp, saved, *, num_examples: int, batch_size: int, epoch: int, epochs: int):
     """The :class:`DPPlan` of a :func:`functional_bp.train.fit` call, or None (not private).
 
@@ -363,11 +376,7 @@ def fit_plan(dp, saved, *, num_examples: int, batch_size: int, epoch: int, epoch
         Poisson batches: the shuffled form is for :func:`private_batch_grad`).
     """
     if dp is None:
-        if saved is not None:
-            raise ValueError(
-                f"the state comes from a private run ({saved.describe()}); continuing it "
-                "without dp= would train on the same data without noise or clipping and "
-                "void its guarantee; pass dp= the DPConfig it was trained with")
+        check_continued_privately(saved)
         return None
     if not isinstance(dp, DPConfig):
         raise TypeError(f"dp must be a functional_bp.privacy.DPConfig, e.g. DPConfig("
