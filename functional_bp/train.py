@@ -64,7 +64,7 @@ from .network import add_l2, network_view
 from .network import forward as network_forward
 from .parallel import DataParallelStep, check_mesh
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "exponential", "warmup-cosine")
 
 
@@ -168,26 +168,85 @@ def make_schedule(name: str, learning_rate: float, *, total_steps: int = 0,
         0.0, learning_rate, warmup_steps, total_steps, end_value=final_fraction * learning_rate)
 
 
-def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9):
-    """An optimizer by name: ``"sgd"`` (built in), ``"momentum"`` or ``"adam"`` (optax).
+def matrices(params):
+    """The weight-decay mask of nanoGPT's rule: True for each leaf with two or more axes.
+
+    Weight matrices, embeddings and kernels are decayed; biases, gains and
+    other vectors are not (the AdamW rule of nanoGPT's ``configure_optimizers``).
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> matrices([{"W": jnp.ones((3, 4)), "b": jnp.ones(4)}])
+        [{'W': True, 'b': False}]
+    """
+    return jax.tree.map(lambda a: jnp.ndim(a) >= 2, params)
+
+
+def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9,
+                   betas=(0.9, 0.999), weight_decay: float = 0.0, decay_mask=matrices,
+                   grad_clip: float | None = None):
+    """An optimizer by name: ``"sgd"`` (built in), ``"momentum"``, ``"adam"``, ``"adamw"`` (optax).
 
     Any optax ``GradientTransformation`` can be passed to :func:`fit` directly;
     this is the short list the command line offers. ``learning_rate`` is a
     positive number or a schedule ``t -> eta(t)`` (see :func:`make_schedule`;
     with a schedule, ``"sgd"`` is optax's).
+
+    Args:
+      name: one of :data:`OPTIMIZERS`.
+      learning_rate: eta > 0 or a schedule.
+      momentum: for ``"momentum"``.
+      betas: (beta1, beta2) for ``"adam"`` and ``"adamw"``, each in [0, 1).
+      weight_decay: lambda >= 0, for ``"adamw"`` only: decoupled decay
+        p := p - eta lambda p on the leaves ``decay_mask`` selects (for the
+        other optimizers use ``fit``'s ``l2``).
+      decay_mask: ``params -> pytree of bools`` [:func:`matrices`: the leaves
+        with two or more axes, nanoGPT's rule].
+      grad_clip: c > 0 or None: the gradient is first scaled by
+        min(1, c / ||g||), ||g|| the global norm over all leaves
+        (``optax.clip_by_global_norm``).
+
+    Example::
+
+        >>> opt = make_optimizer("adamw", 1e-3, betas=(0.9, 0.99), weight_decay=0.1,
+        ...                      grad_clip=1.0)
+        >>> callable(opt.update)
+        True
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid names are {list(OPTIMIZERS)}")
     if not callable(learning_rate) and not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive; got {learning_rate}")
-    if name == "sgd" and not callable(learning_rate):
+    if not (isinstance(weight_decay, (int, float, np.integer, np.floating))
+            and not isinstance(weight_decay, bool) and 0 <= weight_decay < float("inf")):
+        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+    if weight_decay and name != "adamw":
+        raise ValueError(f"weight_decay={weight_decay!r} is for 'adamw' (decoupled decay); "
+                         f"for {name!r} use fit's l2= (the decay in the objective)")
+    if grad_clip is not None and not (
+            isinstance(grad_clip, (int, float, np.integer, np.floating))
+            and not isinstance(grad_clip, bool) and 0 < grad_clip < float("inf")):
+        raise ValueError(f"grad_clip must be a finite number > 0 or None; got {grad_clip!r}")
+    b1, b2 = betas
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
+    if name == "sgd" and not callable(learning_rate) and grad_clip is None:
         return sgd(learning_rate)
-    optax = _optax(f"optimizer {name!r}" + (" with a schedule" if name == "sgd" else ""))
+    optax = _optax(f"optimizer {name!r}" + (" with a schedule or grad_clip"
+                                            if name == "sgd" else ""))
     if name == "sgd":
-        return optax.sgd(learning_rate)
-    if name == "momentum":
-        return optax.sgd(learning_rate, momentum=momentum)
-    return optax.adam(learning_rate)
+        opt = optax.sgd(learning_rate)
+    elif name == "momentum":
+        opt = optax.sgd(learning_rate, momentum=momentum)
+    elif name == "adam":
+        opt = optax.adam(learning_rate, b1=b1, b2=b2)
+    else:
+        opt = optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
+                          mask=decay_mask)
+    if grad_clip is not None:
+        opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
+    return opt
 
 
 def _apply(params, updates):
@@ -238,6 +297,49 @@ def batch_plan(key, m: int, batch_size: int, dtype=jnp.float32):
     return idx, jnp.asarray(w, dtype=dtype)
 
 
+class Step(NamedTuple):
+    """One optimizer step on a weighted batch, for a compiled training loop.
+
+    Hashable and equal by its fields, so it can be a static argument of
+    ``jax.jit`` (the compiled round of a :class:`BatchSampler`).
+
+    Attributes:
+      model: the static model (the activations tuple or a network).
+      loss: the :class:`functional_bp.losses.Loss`.
+      optimizer: anything with optax's ``init``/``update``.
+      grads: ``(params, x, y, w, l2, model, loss[, key]) -> (J_B, G)``; the
+        hand-derived gradient on one device, or split over a mesh
+        (:func:`Step.of` picks it).
+    """
+
+    model: Any
+    loss: Any
+    optimizer: Any
+    grads: Callable = _step_grads
+
+    @classmethod
+    def of(cls, model, loss, optimizer, mesh=None) -> "Step":
+        """The step of a model and loss (resolved, static), on one device or over ``mesh``."""
+        return cls(model, loss, optimizer, _step_grads_on(mesh))
+
+    def __call__(self, params, opt_state, x, y, w, l2, key=None):
+        """``(params, opt_state, J_B)`` after one step on rows x, y with weights w.
+
+        J_B = sum_i w_i L_i + (l2/2) sum ||W||^2 and G = dJ_B/dparams by the
+        delta recursion; ``key`` draws the Dropout masks (ignored without
+        Dropout).
+        """
+        J, G = self.grads(params, x, y, w, l2, self.model, self.loss,
+                          *([key] if _uses_key(self.model) else []))
+        params, opt_state = self.update(params, opt_state, G)
+        return params, opt_state, J
+
+    def update(self, params, opt_state, G):
+        """``(params, opt_state)`` after the optimizer's update for the gradient ``G``."""
+        updates, opt_state = self.optimizer.update(G, opt_state, params)
+        return _apply(params, updates), opt_state
+
+
 def _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer, batch_size,
            step_grads=_step_grads):
     """One pass over (x, y) in shuffled minibatches: a lax.scan of update steps.
@@ -248,14 +350,13 @@ def _epoch(params, opt_state, key, x, y, l2, activations, loss, optimizer, batch
     idx, weights = batch_plan(key, x.shape[0], batch_size, y.dtype)
     # Dropout masks: one key per step, apart from the shuffle's key.
     step_keys = jax.random.split(jax.random.fold_in(key, 1), idx.shape[0])
-    with_key = _uses_key(activations)
+    one_step = Step(activations, loss, optimizer, step_grads)
 
     def step(carry, batch):
         params, opt_state = carry
         i, w, k = batch
-        J, G = step_grads(params, x[i], y[i], w, l2, activations, loss, *([k] if with_key else []))
-        updates, opt_state = optimizer.update(G, opt_state, params)
-        return (_apply(params, updates), opt_state), J
+        params, opt_state, J = one_step(params, opt_state, x[i], y[i], w, l2, k)
+        return (params, opt_state), J
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
                                                (idx, weights, step_keys))
@@ -300,9 +401,8 @@ def _fit_epoch(params, opt_state, base_key, epoch, x, y, l2, sets, *, activation
     return params, opt_state, _metrics(params, sets, activations=activations, loss=loss)
 
 
-@partial(jax.jit, static_argnames=("plan", "model", "loss", "optimizer", "mesh"))
-def _private_fit_epoch(params, opt_state, key, epoch, x, y, l2, sets, *, plan, model, loss,
-                       optimizer, mesh=None):
+@partial(jax.jit, static_argnames=("plan", "step", "mesh"))
+def _private_fit_epoch(params, opt_state, key, epoch, x, y, l2, sets, *, plan, step, mesh=None):
     """One private epoch and the metrics after it, in one compiled program.
 
     Steps t = epoch * S, ..., (epoch + 1) * S - 1 (S = ``privacy.steps_per_epoch``),
@@ -313,15 +413,15 @@ def _private_fit_epoch(params, opt_state, key, epoch, x, y, l2, sets, *, plan, m
     exactly. ``x``, ``y`` are the whole training set, validated (targets, not labels).
     """
     spe = privacy.steps_per_epoch(plan.num_examples, plan.batch_size)
+    model, loss = step.model, step.loss
 
-    def step(carry, t):
+    def one(carry, t):
         params, opt_state = carry
         g = privacy.private_step_grad(params, (x, y), privacy.step_key(key, t), plan,
                                       model=model, loss=loss, mesh=mesh)
-        updates, opt_state = optimizer.update(add_l2(g, params, l2, model), opt_state, params)
-        return (_apply(params, updates), opt_state), None
+        return step.update(params, opt_state, add_l2(g, params, l2, model)), None
 
-    (params, opt_state), _ = jax.lax.scan(step, (params, opt_state),
+    (params, opt_state), _ = jax.lax.scan(one, (params, opt_state),
                                           epoch * spe + jnp.arange(spe))
     return params, opt_state, _metrics(params, sets, activations=model, loss=loss)
 
@@ -400,6 +500,218 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
+# --- batch samplers: the part of a run that varies ------------------------------------
+class FitCall(NamedTuple):
+    """What :func:`fit` hands a :class:`BatchSampler`: the call, with its common checks done.
+
+    ``l2`` has been checked, the params' dtype too, and ``model`` resolved
+    (static); the data are as given (the sampler checks them its own way, or
+    with :meth:`arrays`).
+
+    Attributes:
+      state: the :class:`TrainState` the call starts from.
+      train, test, val: the data as given to ``fit``.
+      model: the static model: the activations (the dense chain) or a network.
+      loss: the loss as given (a name or a Loss).
+      optimizer: anything with optax's ``init``/``update``.
+      l2: the weight decay l2 >= 0 of the objective.
+      mesh: a checked :class:`jax.sharding.Mesh`, or None.
+      length: ``fit``'s ``epochs`` argument: how many units to run now
+        (None: the sampler decides, e.g. up to its ``max_iters``).
+      dp: the :class:`functional_bp.privacy.DPConfig`, or None.
+    """
+
+    state: Any
+    train: Any
+    test: Any
+    val: Any
+    model: Any
+    loss: Any
+    optimizer: Any
+    l2: Any
+    mesh: Any
+    length: Any
+    dp: Any
+
+    def arrays(self) -> "Arrays":
+        """The example-array form of the data, checked (:class:`Arrays`)."""
+        model, loss, x, y, labels = _prepare(self.state.params, self.train, self.model,
+                                             self.loss, "train")
+        sets = {"train": (x, y, labels)}
+        for part in ("test", "val"):
+            if getattr(self, part) is not None:
+                sets[part] = _prepare(self.state.params, getattr(self, part), model, loss,
+                                      part)[2:]
+        return Arrays(model, loss, x, y, sets)
+
+
+class Arrays(NamedTuple):
+    """Examples as arrays, checked as the core checks them (:meth:`FitCall.arrays`).
+
+    Attributes:
+      model: the static model, resolved (the activations tuple or the network).
+      loss: the :class:`functional_bp.losses.Loss`.
+      x, y: the training set (targets, labels made one-hot).
+      sets: ``{part: (x, y, labels or None)}`` for ``"train"`` and the
+        held-out parts given, what :func:`evaluate_sets` takes.
+    """
+
+    model: Any
+    loss: Any
+    x: Any
+    y: Any
+    sets: dict
+
+
+def evaluate_sets(params, sets, *, model, loss):
+    """``{part: {"loss": mean L, "accuracy"?}}`` for each part of ``sets`` (jitted, on device).
+
+    The network runs in evaluation mode (no dropout); accuracy is reported
+    for labels. What the epoch samplers record after each epoch.
+    """
+    return _metrics(params, sets, activations=model, loss=loss)
+
+
+class BatchSampler:
+    """How a run draws its batches: the one part of :func:`fit` that varies.
+
+    ``fit`` runs one loop for every sampler: it checks the common arguments,
+    calls :meth:`prepare` once, records the untrained network (a fresh run),
+    then for each ``stop`` of :meth:`stops` calls :meth:`advance` and makes
+    one history record ``{unit: stop, "<part>_<metric>": value, ...,
+    **extra(stop)}``, hands it to the callback (progress bar, early stopping,
+    checkpoints) and goes on unless the callback says stop. ``state.epoch``
+    counts the units done (epochs, or iterations), so one checkpoint format
+    (:func:`save_state`) and exact resume serve every sampler: a round must
+    be a pure function of ``(params, opt_state, key, start, stop)``, drawing
+    everything random from ``key`` folded with the step index.
+
+    The interface (override all but :meth:`extra`)::
+
+        unit: str                        # the history's counter: "epoch", "iter"
+        private: bool = False            # True: it implements fit(dp=...)
+        dp_plan = None                   # after prepare: what state.dp holds
+        prepare(call: FitCall) -> None   # check the call, keep what the rounds need
+        stops(position: int, length: int | None) -> Sequence[int]
+                                         # where the rounds of this call end
+        evaluate(params, position) -> {part: {metric: scalar}}
+                                         # the record of a fresh run's position 0
+        advance(params, opt_state, key, start: int, stop: int)
+            -> (params, opt_state, {part: {metric: scalar}})
+                                         # train units start..stop, then evaluate
+        extra(position) -> dict          # more record fields (Poisson: epsilon)
+
+    The built-in samplers are :class:`ShuffledEpochs` (the default) and
+    :class:`PoissonEpochs` (``fit(dp=...)``). A sampler of random windows of
+    text for a fixed number of iterations (nanoGPT's loop) is the same shape
+    with ``unit = "iter"``, ``stops`` the multiples of ``eval_interval`` up to
+    ``max_iters`` (and ``max_iters`` itself), ``advance`` a jitted
+    ``lax.scan`` over steps t = start..stop-1 of :class:`Step` on windows
+    drawn from ``fold_in(key, t)``, then the mean loss of ``eval_iters``
+    random batches of each split. :class:`Step` is the optimizer step every
+    sampler shares; the test ``tests/test_fit_samplers.py`` plugs in such
+    a sampler without any change to ``fit``.
+    """
+
+    unit = "epoch"
+    private = False
+    dp_plan = None
+
+    def prepare(self, call: FitCall) -> None:  # pragma: no cover - the interface
+        raise NotImplementedError
+
+    def stops(self, position: int, length):  # pragma: no cover - the interface
+        raise NotImplementedError
+
+    def evaluate(self, params, position: int):  # pragma: no cover - the interface
+        raise NotImplementedError
+
+    def advance(self, params, opt_state, key, start: int, stop: int):  # pragma: no cover
+        raise NotImplementedError
+
+    def extra(self, position: int) -> dict:
+        """Record fields beyond the metrics at ``position`` (none by default)."""
+        return {}
+
+
+class _EpochSampler(BatchSampler):
+    """Epochs over example arrays: what the shuffled and the Poisson samplers share."""
+
+    def __init__(self, batch_size: int = 32):
+        self.batch_size = _check_batch_size(batch_size)
+
+    def prepare(self, call: FitCall) -> None:
+        self.data = call.arrays()
+        self.batch = min(self.batch_size, self.data.x.shape[0])
+        self.l2, self.mesh = call.l2, call.mesh
+        self.step = Step.of(self.data.model, self.data.loss, call.optimizer, call.mesh)
+
+    def stops(self, position, length):
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+            raise ValueError(f"epochs must be a non-negative integer; got {length!r}")
+        return range(position + 1, position + int(length) + 1)
+
+    def evaluate(self, params, position):
+        return evaluate_sets(params, self.data.sets, model=self.data.model, loss=self.data.loss)
+
+
+class ShuffledEpochs(_EpochSampler):
+    """Epochs of shuffled minibatches of ``batch_size`` rows (the default of :func:`fit`).
+
+    Epoch e's order is ``jax.random.permutation(fold_in(key, e), m)``; the
+    last batch is padded with weight-0 rows (see :func:`batch_plan`).
+    """
+
+    def advance(self, params, opt_state, key, start, stop):
+        d = self.data
+        for epoch in range(start, stop):
+            params, opt_state, metrics = _fit_epoch(
+                params, opt_state, key, epoch, d.x, d.y, self.l2, d.sets,
+                activations=d.model, loss=d.loss, optimizer=self.step.optimizer,
+                batch_size=self.batch, step_grads=self.step.grads)
+        return params, opt_state, metrics
+
+
+class PoissonEpochs(_EpochSampler):
+    """Private epochs of Poisson batches (DP-SGD), what ``fit(dp=...)`` uses.
+
+    Each epoch is ``round(N / batch_size)`` steps; step t samples every
+    example with probability q = batch_size / N from ``step_key(key, t)``
+    and takes :func:`functional_bp.privacy.private_grad`'s step plus l2 W.
+    The plan (:func:`functional_bp.privacy.fit_plan`) is made or checked
+    against the state's in :meth:`prepare`; each record gets ``epsilon``.
+    """
+
+    private = True
+
+    def prepare(self, call: FitCall) -> None:
+        super().prepare(call)
+        if call.dp is None:
+            raise ValueError("PoissonEpochs draws the batches of private training: pass "
+                             "dp=DPConfig(...) to fit")
+        self.dp_plan = privacy.fit_plan(call.dp, call.state.dp,
+                                        num_examples=self.data.x.shape[0],
+                                        batch_size=self.batch, epoch=call.state.epoch,
+                                        epochs=call.length)
+        privacy.check_private_model(self.data.model)
+        if call.state.key is None:
+            raise ValueError("state.key is None: private training draws each step's batch "
+                             "and noise from it (privacy.step_key(state.key, t)); make the "
+                             "state with init_state(params, optimizer=..., "
+                             "key=jax.random.key(seed))")
+
+    def advance(self, params, opt_state, key, start, stop):
+        d = self.data
+        for epoch in range(start, stop):
+            params, opt_state, metrics = _private_fit_epoch(
+                params, opt_state, key, epoch, d.x, d.y, self.l2, d.sets, plan=self.dp_plan,
+                step=self.step, mesh=self.mesh)
+        return params, opt_state, metrics
+
+    def extra(self, position):
+        return privacy.epoch_record(self.dp_plan, position)
+
+
 # --- public API --------------------------------------------------------------------
 def init_state(params, *, optimizer, key) -> TrainState:
     """A fresh :class:`TrainState`: epoch 0, ``optimizer.init(params)``.
@@ -450,23 +762,25 @@ def evaluate(params, data, *, activations=None, network=None, loss) -> dict:
     return {k: float(v) for k, v in out["data"].items()}
 
 
-def _record(epoch, metrics, plan=None):
-    """One history entry from {part: {name: value}}: every metric as a Python float.
-
-    A private run (``plan``) adds ``epsilon``, spent after ``epoch`` epochs.
-    """
-    record = {"epoch": int(epoch)}
+def _record(unit, position, metrics, extra):
+    """One history entry from {part: {name: value}}: every metric as a Python float."""
+    record = {unit: int(position)}
     for part, values in jax.device_get(metrics).items():
         record.update({f"{part}_{k}": float(v) for k, v in values.items()})
-    if plan is not None:
-        record.update(privacy.epoch_record(plan, epoch))
+    record.update(extra)
     return record
 
 
 def fit(state: TrainState, train, test=None, *, activations=None, network=None, loss,
-        optimizer, epochs,
-        batch_size=32, l2=0.0, callback=None, mesh=None, val=None, dp=None):
+        optimizer, epochs=None, batch_size=None, l2=0.0, callback=None, mesh=None, val=None,
+        dp=None, sampler=None):
     """Train for ``epochs`` more epochs from ``state``; evaluate after each one.
+
+    One loop for every way of drawing batches: ``sampler`` (a
+    :class:`BatchSampler`) is the part that varies; by default
+    :class:`ShuffledEpochs` (``batch_size``), or :class:`PoissonEpochs` with
+    ``dp=``. The records, the callback, the state and so the checkpoints are
+    the same for all.
 
     Args:
       state: from :func:`init_state` (a new run) or :func:`load_state` (resuming).
@@ -481,9 +795,15 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
         layers draw a fresh mask each step from the state's key.
       loss: a loss name or Loss (static).
       optimizer: anything with optax's ``init``/``update`` (``sgd``,
-        ``make_optimizer``, any ``optax.GradientTransformation``).
-      epochs: how many epochs to run now.
-      batch_size: rows per minibatch B (B > m means one batch of all rows).
+        ``make_optimizer``, any ``optax.GradientTransformation``, e.g.
+        ``make_optimizer("adamw", 1e-3, weight_decay=0.1, grad_clip=1.0)``:
+        weight decay on the leaves with two or more axes only, gradients
+        clipped to global norm 1).
+      epochs: how many epochs (the sampler's units) to run now; None lets a
+        sampler that knows its length decide (the epoch samplers need it).
+      batch_size: rows per minibatch B (B > m means one batch of all rows), for
+        the default samplers [32]; with ``sampler=`` it is refused (give it to
+        the sampler).
       l2: weight decay on the W's, a real number >= 0 (checked). It is an
         ordinary input of the compiled epoch: a new value does not recompile.
       callback: optional ``f(record)`` called with each history entry, right
@@ -507,6 +827,9 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
         pass the same configuration (see :func:`functional_bp.privacy.fit_plan`
         for what is refused). With ``mesh``, each device clips its rows and
         the noise is added once, after the sum. Dropout layers are refused.
+      sampler: optional :class:`BatchSampler`: how batches are drawn, and
+        what a record holds (its ``unit`` names the counter instead of
+        ``epoch``).
 
     Returns:
       ``(state, history)``: history is a list of dicts with ``epoch``,
@@ -523,56 +846,48 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
       TypeError: half-precision params (cast them to float32), ``l2`` not a
         real number.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+    if epochs is not None and (isinstance(epochs, bool)
+                               or not isinstance(epochs, (int, np.integer)) or epochs < 0):
         raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
     _validate.check_l2(l2)
     _check_training_dtype(state.params)
-    acts, loss, x, y, labels = _prepare(state.params, train, _model(activations, network, mesh),
-                                        loss, "train")
-    batch_size = min(_check_batch_size(batch_size), x.shape[0])
-    step_grads = _step_grads_on(mesh)
-    plan = privacy.fit_plan(dp, state.dp, num_examples=x.shape[0], batch_size=batch_size,
-                            epoch=state.epoch, epochs=epochs)
-    if plan is not None:
-        privacy.check_private_model(acts)
-    if plan is not None and state.key is None:
-        raise ValueError("state.key is None: private training draws each step's batch and "
-                         "noise from it (privacy.step_key(state.key, t)); make the state with "
-                         "init_state(params, optimizer=..., key=jax.random.key(seed))")
-    sets = {"train": (x, y, labels)}
-    if test is not None:
-        sets["test"] = _prepare(state.params, test, acts, loss, "test")[2:]
-    if val is not None:
-        sets["val"] = _prepare(state.params, val, acts, loss, "val")[2:]
-    history, pending = [], []  # pending: (epoch, metrics still on the device)
+    model = _model(activations, network, mesh)
+    if sampler is None:
+        sampler = (ShuffledEpochs if dp is None else PoissonEpochs)(
+            32 if batch_size is None else batch_size)
+    elif batch_size is not None:
+        raise ValueError(f"batch_size={batch_size!r} is for fit's default samplers; with "
+                         f"sampler={type(sampler).__name__}(...), give the batch size to the "
+                         "sampler")
+    if dp is not None and not sampler.private:
+        raise ValueError(f"dp= needs a private sampler; {type(sampler).__name__} draws its "
+                         "batches without the Poisson sampling the accounting assumes: leave "
+                         "sampler= out (fit(dp=) uses PoissonEpochs)")
+    if state.dp is not None and not sampler.private:
+        privacy.check_continued_privately(state.dp)
+    sampler.prepare(FitCall(state, train, test, val, model, loss, optimizer, l2,
+                            None if mesh is None else check_mesh(mesh), epochs, dp))
+    stops = sampler.stops(state.epoch, epochs)
+    history, pending = [], []  # pending: (position, metrics still on the device)
     call = _callback_caller(callback)
 
-    def record(epoch, metrics):
-        # Without a callback nothing waits for the device: the next epoch is
+    def record(position, metrics):
+        # Without a callback nothing waits for the device: the next round is
         # queued while this one runs, and the metrics are read at the end.
-        pending.append((epoch, metrics))
+        pending.append((position, metrics))
         if callback is not None:
-            history.append(_record(*pending.pop(), plan))
+            history.append(_record(sampler.unit, *pending.pop(), sampler.extra(position)))
             return call(history[-1], state)
         return False
 
-    stop = state.epoch == 0 and record(0, _metrics(state.params, sets, activations=acts,
-                                                   loss=loss))
-    for _ in range(epochs if not stop else 0):
-        if plan is None:
-            params, opt_state, metrics = _fit_epoch(
-                state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
-                activations=acts, loss=loss, optimizer=optimizer, batch_size=batch_size,
-                step_grads=step_grads)
-        else:
-            params, opt_state, metrics = _private_fit_epoch(
-                state.params, state.opt_state, state.key, state.epoch, x, y, l2, sets,
-                plan=plan, model=acts, loss=loss, optimizer=optimizer,
-                mesh=None if mesh is None else step_grads.mesh)
-        state = TrainState(params, opt_state, state.key, state.epoch + 1, plan)
+    stop = state.epoch == 0 and record(0, sampler.evaluate(state.params, 0))
+    for end in (stops if not stop else ()):
+        params, opt_state, metrics = sampler.advance(state.params, state.opt_state, state.key,
+                                                     state.epoch, end)
+        state = TrainState(params, opt_state, state.key, int(end), sampler.dp_plan)
         if record(state.epoch, metrics):
             break
-    history.extend(_record(*p, plan) for p in pending)
+    history.extend(_record(sampler.unit, p, m, sampler.extra(p)) for p, m in pending)
     return state, history
 
 
