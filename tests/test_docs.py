@@ -204,6 +204,17 @@ def test_api_pages_document_every_public_name(site, module_name):
                          f"{missing}")
 
 
+def test_table_code_breaks_only_at_spaces_and_wide_equations_scroll(site):
+    # Material lets inline code break anywhere (word-break: break-word), which split
+    # names such as sq_norms in the narrow columns of the layers table.
+    html = _html_of(site, "layers.md").read_text(encoding="utf-8")
+    assert "assets/extra.css" in html
+    css = (site / "assets" / "extra.css").read_text(encoding="utf-8")
+    rule = re.search(r"table:not\(\[class\]\) code \{([^}]*)\}", css)
+    assert rule and "word-break: normal" in rule.group(1), css
+    assert re.search(r"\.katex-display[^{]*\{[^}]*overflow-x: auto", css, re.S), css
+
+
 def test_benchmarks_page_includes_results_as_generated(site):
     html = _html_of(site, "benchmarks.md").read_text(encoding="utf-8")
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")

@@ -57,9 +57,11 @@ eps = 1e-5
 # Each row $x$ of length $d$ (one example) is normalised to mean 0 and
 # variance 1, then scaled and shifted by learned vectors $\gamma$, $\beta$:
 #
-# $$\mu = \tfrac1d\sum_k x_k, \qquad \sigma^2 = \tfrac1d\sum_k (x_k-\mu)^2,
-#   \qquad r = \frac{1}{\sqrt{\sigma^2+\epsilon}}, \qquad
-#   \hat x_k = (x_k-\mu)\,r, \qquad y_k = \gamma_k\hat x_k + \beta_k.$$
+# $$\begin{aligned}
+#   \mu &= \tfrac1d\sum_k x_k, \qquad \sigma^2 = \tfrac1d\sum_k (x_k-\mu)^2,
+#   \qquad r = \frac{1}{\sqrt{\sigma^2+\epsilon}}, \\
+#   \hat x_k &= (x_k-\mu)\,r, \qquad y_k = \gamma_k\hat x_k + \beta_k.
+# \end{aligned}$$
 #
 # Shapes: $x, \hat x, y$ are $(m, d)$; $\mu, r$ one number per row, kept as
 # $(m, 1)$ so they broadcast; $\gamma, \beta$ are $(d,)$.
@@ -112,11 +114,13 @@ assert rel_err(dgamma, g_ref[1]) < RTOL and rel_err(dbeta, g_ref[2]) < RTOL
 # on its input $j$ alone; here every $\hat x_j$ depends on every $x_k$, through
 # $\mu$ and through $r$. The pieces:
 #
-# $$\frac{\partial\mu}{\partial x_k} = \frac1d, \qquad
+# $$\begin{aligned}
+#   \frac{\partial\mu}{\partial x_k} &= \frac1d, \qquad
 #   \frac{\partial\sigma^2}{\partial x_k} = \frac2d (x_k-\mu)
-#   \quad(\text{the } \textstyle\sum_j (x_j-\mu) = 0 \text{ term drops}), \qquad
-#   \frac{\partial r}{\partial x_k} = -\tfrac12 r^3\,\frac{\partial\sigma^2}{\partial x_k}
-#   = -\frac{r^2\,\hat x_k}{d}.$$
+#   \quad(\text{the } \textstyle\sum_j (x_j-\mu) = 0 \text{ term drops}), \\
+#   \frac{\partial r}{\partial x_k} &= -\tfrac12 r^3\,\frac{\partial\sigma^2}{\partial x_k}
+#   = -\frac{r^2\,\hat x_k}{d}.
+# \end{aligned}$$
 #
 # By the product rule on $\hat x_j = (x_j-\mu)\,r$:
 #
@@ -146,10 +150,12 @@ print(f"the {m} Jacobians d xhat / d x agree with jax.jacobian (last error {err:
 # Jacobian above the sum splits into three terms, and two of them are means
 # over the row:
 #
-# $$\frac{\partial J}{\partial x_k}
-#   = r\Big(h_k - \frac1d\sum_j h_j - \hat x_k\,\frac1d\sum_j h_j\hat x_j\Big),
-#   \qquad
-#   \frac{\partial J}{\partial x} = r\,\big(h - \overline{h} - \hat x\odot\overline{h\odot\hat x}\big).$$
+# $$\begin{aligned}
+#   \frac{\partial J}{\partial x_k}
+#   &= r\Big(h_k - \frac1d\sum_j h_j - \hat x_k\,\frac1d\sum_j h_j\hat x_j\Big),
+#   \\
+#   \frac{\partial J}{\partial x} &= r\,\big(h - \overline{h} - \hat x\odot\overline{h\odot\hat x}\big).
+# \end{aligned}$$
 #
 # The first mean is the path through $\mu$, the second the path through the
 # variance. The cache needs $\hat x$ and $r$ only, and the $d\times d$ Jacobian
