@@ -272,11 +272,16 @@ def run(args, parser=None):
                                  **({} if dropout_key is None else
                                     dict(dropout_key=dropout_key)))
         private = _private_report(args.checkpoint, params, batch, checked)
-    source = args.checkpoint or "random network"
     rows = f"{len(batch[0])} rows of {args.data}" if data is not None else f"{args.batch} random rows"
     dropout = "" if dropout_key is None else ", dropout on (one fixed key for both sides)"
-    print(f"{source}: {checked.describe}, loss {checked.loss}, batch {rows}, "
-          f"{jnp.dtype(dtype).name}{dropout}")
+    return _print(f"{args.checkpoint or 'random network'}: {checked.describe}, loss "
+                  f"{checked.loss}, batch {rows}, {jnp.dtype(dtype).name}{dropout}",
+                  report, private)
+
+
+def _print(title, report, private):
+    """The report (and the private run's), PASS or FAIL; the exit status."""
+    print(title)
     print(report)
     print("PASS: the hand-derived gradients equal jax.grad" if report.ok
           else f"FAIL: {len(report.failed)} leaf(s) over tolerance")
