@@ -355,6 +355,10 @@ def _read_npz(path):
     for k, a in out.items():
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise ValueError(f"{path}: {names[k]} must be numeric; got dtype {a.dtype}")
+        if np.issubdtype(a.dtype, np.complexfloating):
+            raise ValueError(f"{path}: {names[k]} is complex ({a.dtype}); the imaginary part "
+                             "would be dropped: store real features (e.g. the real and "
+                             "imaginary parts as two columns)")
     labels = all(np.issubdtype(out[k].dtype, np.integer) or out[k].dtype == np.bool_
                  for k in ("y", "y_test") if k in out)
     return out, labels
@@ -477,6 +481,8 @@ def _guess_task(path, y, labels):
 def _encode(path, task, ys):
     """Targets of each part for ``task``: labels 0..K-1 over the parts' union, or floats."""
     if task == "regression":
+        for y in ys:
+            _check_float32_range(path, "y", y.reshape(y.shape[0], -1))
         return [y.reshape(y.shape[0], -1).astype(np.float32) for y in ys], None
     for y in ys:
         if (y.ndim == 2 and y.shape[1] != 1) or not np.all(y == np.round(y)):
@@ -662,7 +668,21 @@ def standardize(data: Dataset):
         raise ValueError(
             f"standardize: feature {int(np.flatnonzero(tiny)[0])} varies by less than the "
             f"smallest {dtype} number; rescale it (or drop it) first")
-    scale = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
-    val = {} if data.x_val is None else {"x_val": scale(data.x_val)}
-    return data._replace(x_train=scale(data.x_train), x_test=scale(data.x_test), **val), \
+    def scale(x, part):
+        with np.errstate(over="ignore"):  # an overflow is caught below, and redone or refused
+            out = (x - mean) / std
+            if not np.all(np.isfinite(out)):  # x - mean beyond x's dtype (features near 3e38)
+                out = (np.asarray(x, np.float64) - mean.astype(np.float64)) / std.astype(np.float64)
+            out = out.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=0))[0])
+            raise ValueError(
+                f"standardize: {part}'s feature {bad} lies so far from the training part's "
+                "values that standardized it is beyond float32's range; check that part "
+                "(another scale or unit?)")
+        return out
+
+    val = {} if data.x_val is None else {"x_val": scale(data.x_val, "x_val")}
+    return data._replace(x_train=scale(data.x_train, "x_train"),
+                         x_test=scale(data.x_test, "x_test"), **val), \
         mean, std

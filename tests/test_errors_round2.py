@@ -351,3 +351,36 @@ def test_network_checkpoints_round_trip(tmp_path, net, shape):
     jax.tree_util.tree_map(np.testing.assert_array_equal, back.params, params)
     save_params(path, params, network=net)  # no input shape recorded: leaf by leaf only
     assert load_checkpoint(path).network == net
+
+
+# --- found beyond the list ----------------------------------------------------------------
+def test_standardize_features_near_the_float32_limit():
+    x = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+    x[:, 0] = 3e38
+    x[0, 0] = -3e38  # x - mean overflows float32: redone in float64
+    s, _, _ = standardize(_dataset(x))
+    np.testing.assert_allclose(s.x_train[:, 0], [-3.0] + [1 / 3] * 9, rtol=1e-6)
+    far = _dataset(x)._replace(x_train=x[:, 1:] * 1e-3, x_test=np.full((2, 1), 3e38, np.float32))
+    with pytest.raises(ValueError, match=r"x_test's feature 0 .*beyond float32's range"):
+        standardize(far)
+
+
+def test_npz_complex_features_and_regression_targets_beyond_float32(tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez(path, X=np.ones((10, 2)) * (1 + 1j), y=np.arange(10) % 2)
+    with pytest.raises(ValueError, match=r"X is complex .*imaginary part would be dropped"):
+        load_file(path)
+    np.savez(path, X=np.ones((10, 2)), y=np.linspace(0, 1e39, 10))
+    with pytest.raises(ValueError, match=r"y holds values beyond float32's range"):
+        load_file(path, task="regression")
+
+
+def test_layer_options_from_jax_scalars_and_keys():
+    assert fl.Dropout(jnp.asarray(0.5)) == fl.Dropout(0.5)
+    with pytest.raises(TypeError, match=r"Dropout\(rate\): a layer's options are static"):
+        jax.jit(lambda r: fl.Dropout(r))(0.5)
+    net = fl.Sequential(fl.Dense(3))
+    for key in (0, None):
+        with pytest.raises(TypeError, match=r"key must be a jax.random key"):
+            net.init(key, (2,))
+    assert net.init(jax.random.PRNGKey(0), (2,))[0]["W"].shape == (2, 3)

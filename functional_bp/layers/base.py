@@ -125,13 +125,17 @@ def positive_int(where: str, value) -> int:
 def real_number(where: str, value, rule: str, ok) -> float:
     """``value`` as a Python float when it is a finite real number with ``ok(value)``.
 
-    Python and NumPy numbers (and 0-d NumPy arrays) are accepted; booleans,
-    NaN and infinities are refused, with ``rule`` (e.g. ``"a number > 0"``) in
-    the message.
+    Python and NumPy numbers, and 0-d NumPy or concrete JAX arrays, are
+    accepted; booleans, NaN and infinities are refused, with ``rule`` (e.g.
+    ``"a number > 0"``) in the message. A traced value cannot be a layer's
+    option (options are static configuration).
     """
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{where}: a layer's options are static configuration (they select "
+                        f"the compiled program); got a traced value {value!r}: pass a number")
     number = isinstance(value, (int, float, np.integer, np.floating)) or (
-        isinstance(value, np.ndarray) and value.shape == ()
-        and np.issubdtype(value.dtype, np.number) and not np.iscomplexobj(value))
+        isinstance(value, (np.ndarray, jax.Array)) and value.shape == ()
+        and (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)))
     if number and not isinstance(value, (bool, np.bool_)):
         v = float(value)
         if math.isfinite(v) and ok(v):
@@ -157,9 +161,18 @@ def check_input_shape(input_shape, where: str = "input_shape") -> tuple:
     shape = tuple(int(n) for n in input_shape)
     if any(n <= 0 for n in shape):
         raise ValueError(f"{where}: every axis of an example needs at least one entry; got "
-                         f"{shape}: an axis of size 0 holds no data (check how the data were "
-                         "sliced or reshaped)")
+                         f"{shape}: an axis of size {min(shape)} holds no data (check how the "
+                         "data were sliced or reshaped)")
     return shape
+
+
+def check_key(key, where: str = "key"):
+    """Raise unless ``key`` is a ``jax.random`` key (new-style, or the raw uint32 pair)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key)
+                              or (dtype == jnp.uint32 and getattr(key, "shape", None) == (2,))):
+        return key
+    raise TypeError(f"{where} must be a jax.random key, e.g. jax.random.key(0); got {key!r}")
 
 
 def abstract_init(layer, input_shape):

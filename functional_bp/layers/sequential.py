@@ -38,7 +38,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, abstract_init, check_input_shape
+from .base import Layer, abstract_init, check_input_shape, check_key
 
 
 def _key(key, i):
@@ -103,7 +103,7 @@ class Sequential(Layer):
         """
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype must be a floating dtype; got {dtype}")
-        return self.init_with_shape(key, check_input_shape(input_shape), dtype)[0]
+        return self.init_with_shape(check_key(key), check_input_shape(input_shape), dtype)[0]
 
     def output_shape(self, input_shape):
         """The shape of one example's output (no batch axis)."""
