@@ -439,6 +439,7 @@ def _prepare(params, data, model, loss, part="data"):
     x, y = _validate.array_batch(data)
     view, _, loss, x, targets = _validate.prepare_model(params, (x, y), model, loss)
     _validate.check_token_values(model, data[0], f"{part}: x")
+    _validate.check_label_values(y, targets.shape[1:], part)  # (m,) or a sequence's (m, T)
     labels = None
     if targets.ndim == 2 and np.ndim(y) == 1:  # labels, accepted by the loss
         labels = jnp.asarray(_check_labels(y, targets.shape[1], part), dtype=jnp.int32)
