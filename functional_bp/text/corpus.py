@@ -17,7 +17,10 @@ samples (:func:`encode`, :func:`decode`); the text itself is not needed again.
 
 A 100 MB text is read in one piece (100 MB of bytes, then Python's string), and
 converted in chunks of :data:`CHUNK` characters, so the only per-character
-arrays are the tokens themselves (2 bytes a character).
+arrays are the tokens themselves (2 bytes a character). Measured on this
+machine: tiny Shakespeare repeated 90 times (100,385,460 characters) loaded in
+7.8 s, the process's peak resident memory 324 MB above that of the import
+alone (``/usr/bin/time -v``; load average 16 on 2 cores).
 
 Example::
 
