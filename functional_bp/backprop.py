@@ -63,9 +63,9 @@ def network_backprop(net, params, x, y, l2, loss, key=None, weights=None):
     out, caches = forward(net, params, x, key)
     m = x.shape[0]
     w = jnp.full((m,), 1 / m, dtype=out.dtype) if weights is None else weights
-    J = data_term(loss, out, y, weights) + l2_penalty(params, l2)
+    J = data_term(loss, out, y, weights) + l2_penalty(params, l2, net)
     grads, dx, cots = net.backward_trace(params, caches, output_cotangent(loss, out, y, w))
-    return J, add_l2(grads, params, l2), cots, dx
+    return J, add_l2(grads, params, l2, net), cots, dx
 
 
 def backprop_net_arrays(params, x, y, l2, key, *, view, loss, weights=None) -> Backprop:

@@ -41,7 +41,7 @@ def backward_from_trace(net, params, caches, out, y, l2, loss):
     m = out.shape[0]
     dy = output_cotangent(loss, out, y, jnp.full((m,), 1 / m, dtype=out.dtype))
     grads, dx = net.backward(params, caches, dy)
-    return add_l2(grads, params, l2), dx
+    return add_l2(grads, params, l2, net), dx
 
 
 def make_custom_vjp_objective(backward: Callable, *, activations=None, network=None, loss,
@@ -66,12 +66,12 @@ def make_custom_vjp_objective(backward: Callable, *, activations=None, network=N
         @jax.custom_vjp
         def J(params, x, y):
             out, _ = forward(net, view.to_net(params), x)
-            return data_term(loss_obj, out, y, None) + l2_penalty(params, l2)
+            return data_term(loss_obj, out, y, None) + l2_penalty(params, l2, view)
 
         def J_fwd(params, x, y):
             net_params = view.to_net(params)
             out, caches = forward(net, net_params, x)
-            value = data_term(loss_obj, out, y, None) + l2_penalty(params, l2)
+            value = data_term(loss_obj, out, y, None) + l2_penalty(params, l2, view)
             return value, (net_params, caches, out, y)
 
         def J_bwd(residuals, c):

@@ -104,7 +104,7 @@ def forward_trace(params, x, activations: Sequence[Activation], z_offsets=None):
 
 def l2_penalty(params, l2):
     """(l2/2) sum_l ||W^l||_F^2 (biases are not regularised)."""
-    return network_l2_penalty(params, l2)
+    return network_l2_penalty(params, l2, None)
 
 
 def objective_from_arrays(params, x, y, l2, activations, loss: Loss, z_offsets=None):

@@ -2,9 +2,13 @@
 
     J = sum_i w_i L(Y_i, y_i) + (l2/2) sum ||W||_F^2       (w_i = 1/m: the mean)
 
-The weight decay applies to every parameter named ``W`` (the weights of
-Dense layers and of any layer whose kernel is called W); biases, LayerNorm's
-scale and shift are not decayed. ``objective_from_arrays`` is plain JAX: its
+The weight decay applies to the parameters each layer declares in its class
+attribute ``decayed_params`` (a tuple of its params' keys; the default, in
+:class:`~functional_bp.layers.Layer`, is none): the kernels ``W`` of Dense,
+Conv1D, Conv2D, Embedding and PositionalEmbedding. Biases, LayerNorm's scale
+and shift, and every parameter of a layer that declares none are not decayed;
+a parameter's name plays no part. :func:`decay_mask` gives the rule as a tree.
+``objective_from_arrays`` is plain JAX: its
 ``jax.grad`` is the reference every hand-derived gradient is tested against.
 
 The ``activations=`` form of the public functions is the network
@@ -21,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .layers import Activation, Dense, Sequential
+from .layers import Activation, Dense, Layer, Sequential
 
 
 def forward(net, params, x, key=None, offsets=None):
@@ -29,22 +33,43 @@ def forward(net, params, x, key=None, offsets=None):
     return net.forward_offsets(params, x, key, offsets)
 
 
-def is_weight(path) -> bool:
-    last = path[-1] if path else None
-    return getattr(last, "key", None) == "W"
+def decay_mask(model, params):
+    """True at each leaf of ``params`` that weight decay applies to, nested like ``params``.
+
+    ``model``: the network whose params these are (a
+    :class:`~functional_bp.layers.Layer`; its params in its own nesting,
+    lists or tuples), a :class:`NetworkView`, or, for the MLP's params (a list
+    of Dense layers' dicts), the MLP's activations, an :class:`MLPView` or
+    None. A leaf layer's entry is ``{key: key in layer.decayed_params}``.
+
+    Example::
+
+        >>> from functional_bp import layers as fl
+        >>> net = fl.Sequential(fl.Dense(3), fl.Activation("relu"), fl.LayerNorm())
+        >>> import jax; params = net.init(jax.random.key(0), (2,))
+        >>> decay_mask(net, params)
+        [{'W': True, 'b': False}, {}, {'scale': False, 'bias': False}]
+    """
+    if isinstance(model, NetworkView):
+        model = model.net
+    if isinstance(model, Sequential):
+        return type(params)(decay_mask(layer, p) for layer, p in zip(model.layers, params))
+    if isinstance(model, Layer):
+        return {k: k in model.decayed_params for k in params}
+    return type(params)(decay_mask(Dense(1), p) for p in params)  # the MLP: Dense layers
 
 
-def l2_penalty(params, l2):
-    """(l2/2) sum ||W||^2 over every leaf named ``W``."""
-    squares = [jnp.sum(v * v) for p, v in jax.tree_util.tree_leaves_with_path(params)
-               if is_weight(p)]
+def l2_penalty(params, l2, model):
+    """(l2/2) sum ||w||^2 over the decayed leaves w (:func:`decay_mask` of ``model``)."""
+    squares = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda w, d: jnp.sum(w * w) if d else None, params, decay_mask(model, params)))
     return 0.5 * l2 * sum(squares) if squares else 0.0
 
 
-def add_l2(grads, params, l2):
-    """grads + l2 W on every leaf named ``W``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, g, w: g + l2 * w if is_weight(p) else g, grads, params)
+def add_l2(grads, params, l2, model):
+    """grads + l2 w on the decayed leaves w (:func:`decay_mask` of ``model``)."""
+    return jax.tree_util.tree_map(lambda g, w, d: g + l2 * w if d else g,
+                                  grads, params, decay_mask(model, params))
 
 
 def data_term(loss, out, y, weights):
@@ -61,7 +86,7 @@ def objective_from_arrays(net, params, x, y, l2, loss, key=None, offsets=None, w
     for the cotangents dJ/dY.
     """
     out, _ = forward(net, params, x, key, offsets)
-    return data_term(loss, out, y, weights) + l2_penalty(params, l2)
+    return data_term(loss, out, y, weights) + l2_penalty(params, l2, net)
 
 
 # --- the MLP (activations=) as the dense-and-activation network -------------------

@@ -144,7 +144,7 @@ def value_and_grad_from_arrays(params, x, y, l2, activations, loss, mesh,
     """
     x, y, w = pad_rows(x, y, mesh.shape[DATA], weights)
     J, grads = sharded_value_and_grad(params, x, y, w, activations, loss, mesh)
-    return J + l2_penalty(params, l2), add_l2(grads, params, l2)
+    return J + l2_penalty(params, l2, activations), add_l2(grads, params, l2, activations)
 
 
 @dataclass(frozen=True)

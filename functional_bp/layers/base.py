@@ -51,6 +51,9 @@ class Layer:
     couples_examples = False
     #: whether the layer takes integer inputs (an embedding)
     integer_input = False
+    #: the keys of its params that weight decay (l2) applies to: none by default;
+    #: Dense, the convolutions and the embeddings declare their kernel ``("W",)``
+    decayed_params = ()
 
     def init(self, key, input_shape, dtype=jnp.float32):
         return {}, tuple(input_shape)

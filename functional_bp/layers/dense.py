@@ -56,6 +56,8 @@ class Dense(Layer):
     features: int
     scale: float = 2.0
 
+    decayed_params = ("W",)  # weight decay on the kernel, not the bias
+
     def __post_init__(self):
         object.__setattr__(self, "features", positive_int("Dense(features)", self.features))
         object.__setattr__(self, "scale", real_number(

@@ -78,6 +78,7 @@ class Embedding(Layer):
     scale: float = 1.0
 
     integer_input = True
+    decayed_params = ("W",)  # weight decay on the table
 
     def __post_init__(self):
         for name in ("vocab_size", "features"):
