@@ -226,6 +226,7 @@ class _Conv(Layer):
     scale: float = 2.0
 
     ndim = 0  # spatial axes, set by the subclasses
+    decayed_params = ("W",)  # weight decay on the kernel, not the bias
 
     def __post_init__(self):
         name = type(self).__name__
@@ -259,7 +260,6 @@ class _Conv(Layer):
         c_in = input_shape[-1]
         fan_in = math.prod(k) * c_in
         W = (self.scale / fan_in) ** 0.5 * jax.random.normal(key, (*k, c_in, self.features), dtype)
-    decayed_params = ("W",)  # weight decay on the kernel, not the bias
         return {"W": W, "b": jnp.zeros((self.features,), dtype)}, (*T, self.features)
 
     def forward(self, params, x, key=None):
