@@ -7,6 +7,7 @@ before, and checks the clear error (or the correct result) now.
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -405,3 +406,24 @@ def test_fit_checks_sequence_labels():
     y[0, 3] = -1
     _, history = fit(state, (x, y), network=net, loss=CE, optimizer=opt, epochs=1, batch_size=2)
     assert np.isfinite(history[-1]["train_loss"])
+
+
+def test_cli_refuses_a_network_checkpoint_missing_a_leaf(tmp_path, capsys):
+    """check and --resume name the layer and the leaf (were: a traceback, a blamed optimizer)."""
+    from functional_bp.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "xor", "--model", "dense 8, relu, dense 2", "--epochs", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    arrays = dict(np.load(out / "params.npz"))
+    del arrays["p/2/W"]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    capsys.readouterr()
+    for argv in (["check", str(bad)],
+                 ["train", "--resume", str(bad), "--epochs", "2", "--quiet", "--out",
+                  str(tmp_path / "more")]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert re.search(r"layer 3 \(Dense\(features=2.*\): p/2/W missing", capsys.readouterr().err)
