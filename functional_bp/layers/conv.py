@@ -42,10 +42,12 @@ formulas (no autodiff or transposition utility), the same primitive as the
 forward.
 
 Per example, dL_n/dW_mat = P_n^T G_n is a Dense layer's gradient on T rows,
-so its squared norm is the Dense rule on (positions x patch) matrices:
-||P_n^T G_n||_F^2 directly, or <P_n P_n^T, G_n G_n^T> (the Gram form,
-cheaper when the positions T are few), plus ||1^T G_n||^2 for the bias;
-:meth:`functional_bp.layers.Dense.sq_norms` decides between the two.
+so its squared norm (:meth:`_Conv.sq_norms`) is either
+||P_n^T G_n||_F^2 = sum_j ||V_{n,j}^T G_n||^2 (the direct form, one product
+per tap j on a strided view V_{n,j} of X, the patches never formed; cost
+T K c_in c_out per example, K the taps) or <P_n P_n^T, G_n G_n^T> (the Gram
+form over positions, cost T^2 (K c_in + c_out)), plus ||1^T G_n||^2 for the
+bias; each layer takes the cheaper for its shapes (:meth:`_Conv.norm_form`).
 
 Padding: "VALID" (none), "SAME" (XLA's rule: total
 max((ceil(n/s) - 1) s + (k - 1) d + 1 - n, 0), lo = total // 2, hi the rest),
@@ -149,23 +151,34 @@ def taps(window) -> list:
     return list(itertools.product(*(range(k) for k in window)))
 
 
-def unfold(x, window, stride, dilation, pads, pad_value=0.0):
-    """The unfolded patches: x (m, *S, C) -> (m, *T, K, C), K = prod(window) taps, row-major.
+def tap_views(x, window, stride, dilation, pads, pad_value=0.0) -> list:
+    """The K = prod(window) shifted views of x, one per tap (row-major): each (m, *T, C).
 
-    ``[n, t, j, c] = Xp[n, t s + j d, c]``, Xp being x padded with ``pad_value``.
-    A patch's entries (j, c) laid end to end are row t of the patch matrix P_n.
+    View j is ``V_j[n, t, c] = Xp[n, t s + j d, c]``, Xp being x padded with
+    ``pad_value``: a strided slice of Xp, the taps' column block of the patch
+    matrices.
     """
     sp = len(window)
     T = out_sizes(x.shape[1:1 + sp], window, stride, dilation, pads)
     xp = lax.pad(x, jnp.asarray(pad_value, x.dtype),
                  [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
-    cols = []
+    views = []
     for j in taps(window):
         start = [0] + [jj * d for jj, d in zip(j, dilation)] + [0]
         limit = ([x.shape[0]] + [jj * d + (t - 1) * s + 1
                                  for jj, d, t, s in zip(j, dilation, T, stride)] + [x.shape[-1]])
-        cols.append(lax.slice(xp, start, limit, [1, *stride, 1]))
-    return jnp.stack(cols, axis=-2)
+        views.append(lax.slice(xp, start, limit, [1, *stride, 1]))
+    return views
+
+
+def unfold(x, window, stride, dilation, pads, pad_value=0.0):
+    """The unfolded patches: x (m, *S, C) -> (m, *T, K, C), K = prod(window) taps, row-major.
+
+    ``[n, t, j, c] = Xp[n, t s + j d, c]``, Xp being x padded with ``pad_value``
+    (the :func:`tap_views` stacked). A patch's entries (j, c) laid end to end
+    are row t of the patch matrix P_n.
+    """
+    return jnp.stack(tap_views(x, window, stride, dilation, pads, pad_value), axis=-2)
 
 
 def fold(cols, sizes, window, stride, dilation, pads):
@@ -175,10 +188,30 @@ def fold(cols, sizes, window, stride, dilation, pads):
     (T,) slab is spread s apart (interior padding s - 1), shifted to j d - lo,
     and the taps are summed; what falls in the padding is dropped (negative
     padding crops).
+
+    Windows that do not overlap ((k - 1) d + 1 <= s on every axis, as in a
+    pool whose stride is its window) need no sum: padded position v = t s + j d
+    holds at most one entry, so the taps are spread d apart inside blocks of s
+    (interior padding d - 1), the blocks laid end to end (a transpose and a
+    reshape: v = t s + r) and the result shifted by -lo. This is one pass over
+    the output instead of K padded copies added together, which XLA cannot
+    always fuse (the clipped gradient's backward reads the same cotangent
+    twice).
     """
     sp = len(window)
     T = cols.shape[1:1 + sp]
     zero = jnp.zeros((), cols.dtype)
+    spans = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+    if all(span <= s for span, s in zip(spans, stride)):
+        m, c = cols.shape[0], cols.shape[-1]
+        blocks = lax.pad(cols.reshape(m, *T, *window, c), zero,
+                         [(0, 0, 0)] * (1 + sp)
+                         + [(0, s - span, d - 1) for s, span, d in zip(stride, spans, dilation)]
+                         + [(0, 0, 0)])                              # (m, *T, *s, C)
+        order = [0, *(a for i in range(sp) for a in (1 + i, 1 + sp + i)), 1 + 2 * sp]
+        v = blocks.transpose(order).reshape(m, *(t * s for t, s in zip(T, stride)), c)
+        return lax.pad(v, zero, [(0, 0, 0)] + [(-lo, n + lo - t * s, 0) for n, t, s, (lo, _)
+                                               in zip(sizes, T, stride, pads)] + [(0, 0, 0)])
     out = None
     for i, j in enumerate(taps(window)):
         config = [(0, 0, 0)]
@@ -304,11 +337,73 @@ class _Conv(Layer):
         cols = unfold(x, k, s, d, pads)
         return cols.reshape(x.shape[0], -1, math.prod(k) * x.shape[-1])
 
-    def sq_norms(self, params, cache, dy):
-        # The Dense rule on (positions x patch) matrices: ||P_n^T G_n||^2 + ||1^T G_n||^2.
-        P = self.patches(cache)
-        G = dy.reshape(dy.shape[0], -1, dy.shape[-1])
-        return Dense(self.features).sq_norms(None, P, G)
+    def norm_costs(self, input_shape) -> dict:
+        """Multiply-adds per example of the two forms of :meth:`sq_norms`, for one example's shape.
+
+        With P output positions, K = prod(kernel_size) taps, c_in and c_out
+        channels: ``{"gram": P^2 (K c_in + c_out), "direct": P K c_in c_out}``.
+
+        >>> from functional_bp import layers as fl
+        >>> fl.Conv2D(64, 3, padding="SAME").norm_costs((7, 7, 64))
+        {'gram': 1536640, 'direct': 1806336}
+        """
+        k, s, d = self._geometry()
+        pads = resolve_padding(self.padding, input_shape[:-1], k, s, d)
+        P = math.prod(out_sizes(input_shape[:-1], k, s, d, pads))
+        Kc, c_out = math.prod(k) * input_shape[-1], self.features
+        return {"gram": P * P * (Kc + c_out), "direct": P * Kc * c_out}
+
+    def norm_form(self, input_shape) -> str:
+        """``"gram"`` or ``"direct"``: the cheaper form of :meth:`norm_costs` (direct on a tie).
+
+        >>> from functional_bp import layers as fl
+        >>> fl.Conv2D(32, 3, padding="SAME").norm_form((28, 28, 1))   # 784 positions
+        'direct'
+        >>> fl.Conv1D(25, 3, stride=2, padding=1).norm_form((10, 25))  # 5 positions
+        'gram'
+        """
+        costs = self.norm_costs(input_shape)
+        return "gram" if costs["gram"] < costs["direct"] else "direct"
+
+    def sq_norms(self, params, cache, dy, form=None):
+        """||dL_n/dW||^2 + ||dL_n/db||^2 per example, (m,), from X (the cache) and G = dy.
+
+        Example n's weight gradient is U_n^T G_n, U_n (P, K c_in) its patch
+        matrix and G_n (P, c_out) its cotangent; the tap views V_{n,j} (P,
+        c_in) (:func:`tap_views`) are U_n's column blocks, so U_n^T G_n is
+        the stack of the V_{n,j}^T G_n. Two exact forms, neither forming
+        the per-example gradients of the whole layer at once nor the patches
+        in the direct form:
+
+        - direct: ||U_n^T G_n||^2 = sum_j ||V_{n,j}^T G_n||^2, one batched
+          (c_in, P) x (P, c_out) product per tap on a strided view of X:
+          P K c_in c_out multiply-adds per example;
+        - Gram: <U_n U_n^T, G_n G_n^T>, both (P, P) over positions, U_n
+          unfolded: P^2 (K c_in + c_out) per example; it keeps the cross
+          terms t != t' (overlapping or not, every pair of positions
+          counts).
+
+        ``form`` None takes :meth:`norm_form`'s choice for X's shape. The bias
+        adds ||1^T G_n||^2. (A convolution with one feature group per example
+        computes the direct form too; on CPU, XLA runs it several times
+        slower than the per-tap products.)
+        """
+        x, m = cache, cache.shape[0]
+        form = self.norm_form(x.shape[1:]) if form is None else form
+        k, s, d = self._geometry()
+        views = tap_views(x, k, s, d, resolve_padding(self.padding, x.shape[1:-1], k, s, d))
+        V = [v.reshape(m, -1, x.shape[-1]) for v in views]                # (m, P, c_in) each
+        G = dy.reshape(m, -1, dy.shape[-1])                               # (m, P, c_out)
+        if form == "gram":
+            U = jnp.concatenate(V, axis=-1)                               # (m, P, K c_in)
+            w = jnp.sum(jnp.einsum("mtk,msk->mts", U, U) * jnp.einsum("mto,mso->mts", G, G),
+                        axis=(1, 2))
+        elif form == "direct":
+            w = sum(sum_rows(jnp.einsum("mtc,mto->mco", v, G)) for v in V)
+        else:
+            raise ValueError(f"{type(self).__name__}.sq_norms(form): 'gram', 'direct' or None; "
+                             f"got {form!r}")
+        return w + sum_rows(jnp.sum(G, axis=1))
 
 
 @dataclasses.dataclass(frozen=True)
