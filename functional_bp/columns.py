@@ -98,6 +98,7 @@ def _check_y(y, m, n_L, loss, dtype):
             raise TypeError(f"1-D targets are class labels and must be integers; got {y_dtype}")
         if shape[0] != m:
             raise ValueError(f"x has {m} columns but y has {shape[0]} labels")
+        _validate.check_label_values(y, (n_L,))  # where known: 0 <= y < n_L
         return jax.nn.one_hot(y, n_L, dtype=dtype, axis=0)  # (n_L, m)
     if shape != (n_L, m):
         takes = f"({n_L}, {m})" + (f" or integer labels ({m},)" if loss.accepts_labels else "")
@@ -157,6 +158,7 @@ def backprop(params, batch, *, activations, loss, l2=0.0) -> Backprop:
         >>> [d.shape for d in r.deltas], r.grads[0]["b"].shape, r.input_grad.shape
         ([(4, 5), (2, 5)], (4, 1), (3, 5))
     """
+    _validate.check_l2(l2)
     acts, loss, x, y = _prepare(params, batch, activations, loss)
     return _backprop(params, x, y, l2, activations=acts, loss=loss)
 

@@ -427,3 +427,17 @@ def test_cli_refuses_a_network_checkpoint_missing_a_leaf(tmp_path, capsys):
             main(argv)
         assert stop.value.code == 2
         assert re.search(r"layer 3 \(Dense\(features=2.*\): p/2/W missing", capsys.readouterr().err)
+
+
+def test_column_layout_checks_labels_and_l2():
+    from functional_bp import columns
+
+    params = columns.to_columns(fbp.init_mlp(jax.random.key(0), [3, 4, 2]))
+    x, acts = np.ones((3, 4), np.float32), ["relu", "identity"]
+    with pytest.raises(ValueError, match=r"y: integer labels .*\[0, 2\).*the largest label is 2"):
+        columns.value_and_grad(params, (x, np.array([0, 1, 2, 1])), activations=acts, loss=CE)
+    with pytest.raises(ValueError, match=r"l2 must be finite and >= 0"):
+        columns.value_and_grad(params, (x, np.array([0, 1, 1, 1])), activations=acts, loss=CE,
+                               l2=-1.0)
+    J, _ = columns.value_and_grad(params, (x, np.array([0, 1, 1, 1])), activations=acts, loss=CE)
+    assert J > 0
