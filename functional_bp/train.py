@@ -23,6 +23,37 @@ label. The trainer holds the labels, so it checks 0 <= y < n_L (on the
 labels' own integer type: nothing wraps around). Regression data give
 targets (m, n_L).
 
+How batches are drawn is the one part of :func:`fit` that varies: a batch
+sampler (:class:`BatchSampler`). :class:`ShuffledEpochs` (the default) and
+:class:`PoissonEpochs` (``fit(dp=...)``) are built in; any object with this
+interface plugs in with ``fit(..., sampler=...)`` and gets the same loop,
+history records, callback (progress bar, early stopping, checkpoints) and
+exact resume::
+
+    class MySampler(BatchSampler):
+        unit = "iter"                  # the records' counter; state.epoch counts it
+        private = False                # True only for a sampler that implements dp=
+        dp_plan = None                 # what state.dp holds after the call
+
+        def prepare(self, call: FitCall) -> None: ...
+            # check the call (call.arrays() checks example arrays), keep what rounds need
+        def stops(self, position: int, length: int | None) -> Sequence[int]: ...
+            # the positions where this call's rounds end (evaluate, record, callback)
+        def evaluate(self, params, position: int) -> dict: ...
+            # {part: {metric: scalar}}: the record of a fresh run's position 0
+        def advance(self, params, opt_state, key, start: int, stop: int)
+                -> tuple[params, opt_state, dict]: ...
+            # train units start..stop-1 (each step's randomness from fold_in(key, t)),
+            # then evaluate as above; jit it with a static Step (Step.of(model, loss,
+            # optimizer, mesh)) for the update
+        def extra(self, position: int) -> dict: ...   # optional: more record fields
+
+nanoGPT's loop is such a sampler: ``unit = "iter"``, ``stops`` every
+``eval_interval`` iterations up to ``max_iters`` (``fit(..., epochs=None)``),
+``advance`` a ``lax.scan`` of :class:`Step` over random windows, ``evaluate``
+the mean loss of ``eval_iters`` random batches of each split.
+``tests/test_fit_samplers.py`` plugs one in from outside the library.
+
 Training runs in float32 or float64: half-precision params (float16,
 bfloat16) are refused, since the optimizer's state and updates would be half
 precision too (adam's epsilon is 0 in float16 and its second moment
@@ -96,7 +127,11 @@ class GradientTransformation(NamedTuple):
 
 
 def sgd(learning_rate: float) -> GradientTransformation:
-    """Plain SGD, W := W - eta dJ/dW, with no dependency on optax."""
+    """Plain SGD, W := W - eta dJ/dW, with no dependency on optax; eta finite and > 0."""
+    if isinstance(learning_rate, (int, float, np.integer, np.floating)) and not (
+            not isinstance(learning_rate, bool) and 0 < learning_rate < float("inf")):
+        raise ValueError(f"sgd(learning_rate): a finite number > 0 (eta in W := W - eta "
+                         f"dJ/dW; a negative one climbs the loss); got {learning_rate!r}")
 
     def update(grads, state, params=None):
         return jax.tree.map(lambda g: -learning_rate * g, grads), state
@@ -439,6 +474,8 @@ def _prepare(params, data, model, loss, part="data"):
     x, y = _validate.array_batch(data)
     view, _, loss, x, targets = _validate.prepare_model(params, (x, y), model, loss)
     _validate.check_token_values(model, data[0], f"{part}: x")
+    _validate.check_finite_values(x, f"{part}: x")
+    _validate.check_finite_values(targets, f"{part}: y")
     _validate.check_label_values(y, targets.shape[1:], part)  # (m,) or a sequence's (m, T)
     labels = None
     if targets.ndim == 2 and np.ndim(y) == 1:  # labels, accepted by the loss
@@ -642,6 +679,7 @@ class _EpochSampler(BatchSampler):
         self.batch_size = _check_batch_size(batch_size)
 
     def prepare(self, call: FitCall) -> None:
+        self.stops(call.state.epoch, call.length)  # the epochs, checked first
         self.data = call.arrays()
         self.batch = min(self.batch_size, self.data.x.shape[0])
         self.l2, self.mesh = call.l2, call.mesh
