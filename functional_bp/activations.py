@@ -151,6 +151,32 @@ def gelu_prime(z):
     return _normal_cdf(z) + z * normal_pdf
 
 
+# --- gelu_tanh: the tanh approximation of GPT-2 (nanoGPT's NewGELU, llm.c) ---
+#   g  = (1/2) z (1 + tanh u),  u = sqrt(2/pi) (z + 0.044715 z^3)
+#   g' = (1/2) (1 + tanh u) + (1/2) z (1 - tanh^2 u) du/dz,
+#        du/dz = sqrt(2/pi) (1 + 3 * 0.044715 z^2)
+# Written with s = (1 + tanh u)/2 = sigmoid(2u) and 1 - tanh^2 u = 4 s (1 - s), so
+# the left tail (1 + tanh u near 0) loses no digits to cancellation:
+#   g = z s,   g' = s + 2 z s (1 - s) du/dz
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _gelu_tanh_2u(z):
+    return 2 * _SQRT_2_OVER_PI * (z + _GELU_CUBIC * z * z * z)
+
+
+def gelu_tanh(z):
+    return z * jax.lax.logistic(_gelu_tanh_2u(z))
+
+
+def gelu_tanh_prime(z):
+    two_u = _gelu_tanh_2u(z)
+    s, one_minus_s = jax.lax.logistic(two_u), jax.lax.logistic(-two_u)
+    du_dz = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * z * z)
+    return s + 2 * z * s * one_minus_s * du_dz
+
+
 ACTIVATIONS: dict[str, Activation] = {
     "identity": Activation("identity", identity, identity_prime),
     "sigmoid": Activation("sigmoid", sigmoid, sigmoid_prime),
@@ -160,6 +186,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "softplus": Activation("softplus", softplus, softplus_prime),
     "elu": Activation("elu", elu, elu_prime),
     "gelu": Activation("gelu", gelu, gelu_prime),
+    "gelu_tanh": Activation("gelu_tanh", gelu_tanh, gelu_tanh_prime),
 }
 """The built-in activations by name."""
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _validate
+from .losses import example_loss_grads
 from .network import MLPView, add_l2, data_term, forward, l2_penalty, mlp_network
 
 
@@ -54,8 +55,8 @@ class Backprop(NamedTuple):
 
 
 def output_cotangent(loss, out, y, weights):
-    """dJ/dY^L = w ⊙ dL/dY, row by row (w_i = 1/m for the mean)."""
-    return weights.reshape((-1,) + (1,) * (out.ndim - 1)) * loss.grad(out, y)
+    """dJ/dY^L = w ⊙ dL/dY, row by row (w_i = 1/m for the mean; L_i averages a sequence's positions)."""
+    return weights.reshape((-1,) + (1,) * (out.ndim - 1)) * example_loss_grads(loss, out, y)
 
 
 def network_backprop(net, params, x, y, l2, loss, key=None, weights=None):

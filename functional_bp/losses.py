@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -116,3 +117,55 @@ def get_loss(spec) -> Loss:
         f"loss must be a name from {sorted(LOSSES)} or a Loss(name, value, grad); "
         f"got {spec!r}"
     )
+
+
+# --- sequences: outputs (m, T, n_L), one loss per position --------------------------
+def example_losses(loss: Loss, a, y):
+    """Each example's L_i, shape (m,): for outputs a (m, n_L), ``loss.value(a, y)``.
+
+    For sequence outputs a (m, T, n_L) (any axes between the first and the
+    last are positions) the loss is taken at every position and L_i is the
+    mean over example i's positions, so J = (1/m) sum_i L_i is the mean over
+    all m T positions (PyTorch's ``F.cross_entropy`` on the flattened logits).
+    Unscored positions (label -1) reach this function as zero target rows
+    with the scored ones reweighted: see :func:`sequence_targets`.
+    """
+    values = loss.value(a, y)
+    return values if values.ndim == 1 else jnp.mean(values.reshape(values.shape[0], -1), axis=1)
+
+
+def example_loss_grads(loss: Loss, a, y):
+    """dL_i/da for :func:`example_losses`: ``loss.grad(a, y)`` over the number of positions."""
+    positions = math.prod(a.shape[1:-1])
+    g = loss.grad(a, y)
+    return g if positions == 1 else g / positions
+
+
+def sequence_targets(labels, n_L: int, dtype):
+    """Integer labels (m, T), -1 unscored, as targets (m, T, n_L) for a softmax cross-entropy.
+
+    Example i's loss is the mean over its n_i scored positions. The
+    softmax cross-entropy is linear in its targets y (L = -sum_j y_j
+    log softmax(a)_j, dL/da = softmax(a) sum_j y_j - y), so that mean is the
+    mean over all T positions (:func:`example_losses`) with targets::
+
+        y[i, t] = (T / n_i) onehot(labels[i, t])    when labels[i, t] >= 0
+        y[i, t] = 0                                  when labels[i, t] = -1
+
+    (an unscored position then has loss 0 and gradient 0 exactly; an example
+    with no scored position has L_i = 0). This equals PyTorch's
+    ``F.cross_entropy(..., ignore_index=-1)`` whenever every example has the
+    same number of scored positions; otherwise PyTorch weighs each scored
+    position equally across the batch, and this weighs each example equally.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> sequence_targets(jnp.array([[2, -1]]), 3, jnp.float32).tolist()
+        [[[0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]]
+    """
+    T = labels.shape[1]
+    scored = labels >= 0
+    n = jnp.sum(scored, axis=1, keepdims=True)
+    weight = jnp.where(scored, T / jnp.maximum(n, 1), 0).astype(dtype)
+    return jax.nn.one_hot(labels, n_L, dtype=dtype) * weight[..., None]

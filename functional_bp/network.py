@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from .layers import Activation, Dense, Layer, Sequential
+from .losses import example_losses
 
 
 def forward(net, params, x, key=None, offsets=None):
@@ -73,8 +74,8 @@ def add_l2(grads, params, l2, model):
 
 
 def data_term(loss, out, y, weights):
-    """sum_i w_i L_i, or the mean when ``weights`` is None."""
-    values = loss.value(out, y)
+    """sum_i w_i L_i, or the mean when ``weights`` is None (L_i: :func:`~functional_bp.losses.example_losses`)."""
+    values = example_losses(loss, out, y)
     return jnp.mean(values) if weights is None else jnp.sum(weights * values)
 
 

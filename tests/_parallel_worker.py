@@ -224,3 +224,20 @@ def test_cli_devices(tmp_path):
         assert_tree_close(four[k], one[k], 2e-5, k)
     with pytest.raises(SystemExit):
         main(common + ["--devices", "5", "--out", str(tmp_path / "d5")])
+
+
+# --- a GPT (token inputs, sequence labels with unscored positions) -------------------
+@pytest.mark.parametrize("m", [4, 6])
+def test_gpt_data_parallel_equals_one_device(m):
+    from functional_bp import models
+
+    net = models.gpt(vocab_size=7, block_size=5, n_layer=1, n_head=2, n_embd=8, dropout=0.1)
+    with jax.enable_x64(True):
+        params = net.init(jax.random.key(m), (5,), dtype=jnp.float64)
+        x = jax.random.randint(jax.random.key(1), (m, 5), 0, 7)
+        y = jax.random.randint(jax.random.key(2), (m, 5), -1, 7)  # -1: not scored
+        kw = dict(network=net, loss="softmax_cross_entropy", l2=0.1)
+        J, grads = fbp.data_parallel_value_and_grad(params, (x, y), **kw)
+        J_one, one = fbp.value_and_grad(params, (x, y), **kw)
+        assert_tree_close(J, J_one, rtol_for(jnp.float64), "loss")
+        assert_tree_close(grads, one, rtol_for(jnp.float64), "grads")

@@ -51,12 +51,21 @@ from .base import Layer, positive_int, real_number, sum_rows
 
 @dataclasses.dataclass(frozen=True)
 class Dense(Layer):
-    """Z = A W + b over the last axis; ``init`` draws W ~ N(0, scale / n_in) ("he": scale 2)."""
+    """Z = A W + b over the last axis; ``init`` draws W ~ N(0, scale / n_in) ("he": scale 2).
+
+    With ``bias=False`` there is no b: params ``{"W"}`` only, Z = A W (nanoGPT's
+    ``bias=False``).
+    """
 
     features: int
     scale: float = 2.0
+    bias: bool = True
 
     decayed_params = ("W",)  # weight decay on the kernel, not the bias
+
+    def __repr__(self):  # bias shown only when off, so reprs of biased layers stay short
+        return (f"Dense(features={self.features!r}, scale={self.scale!r}"
+                + (")" if self.bias else ", bias=False)"))
 
     def __post_init__(self):
         object.__setattr__(self, "features", positive_int("Dense(features)", self.features))
@@ -67,27 +76,31 @@ class Dense(Layer):
     def init(self, key, input_shape, dtype=jnp.float32):
         n_in = input_shape[-1]
         W = (self.scale / n_in) ** 0.5 * jax.random.normal(key, (n_in, self.features), dtype)
-        return {"W": W, "b": jnp.zeros((self.features,), dtype)}, (*input_shape[:-1], self.features)
+        params = {"W": W, "b": jnp.zeros((self.features,), dtype)} if self.bias else {"W": W}
+        return params, (*input_shape[:-1], self.features)
 
     def check_input(self, input_shape, where):
         if len(input_shape) == 0:
             raise ValueError(f"{where} (Dense): needs inputs with a feature axis; got scalars")
 
     def forward(self, params, x, key=None):
-        W, b = params["W"], params["b"]
-        z = x @ W + b.reshape((1,) * (x.ndim - 1) + b.shape)
+        z = x @ params["W"]
+        if self.bias:
+            z = z + params["b"].reshape((1,) * (x.ndim - 1) + (-1,))
         return z, x  # the backward needs A
 
     def backward(self, params, cache, dy):
         a, delta, W = cache, dy, params["W"]
         a2, delta2 = a.reshape(-1, a.shape[-1]), delta.reshape(-1, delta.shape[-1])
-        grads = {"W": a2.T @ delta2, "b": jnp.sum(delta2, axis=0)}  # A^T G, 1^T G
+        grads = {"W": a2.T @ delta2}                     # A^T G
+        if self.bias:
+            grads["b"] = jnp.sum(delta2, axis=0)         # 1^T G
         return grads, delta @ W.T  # dJ/dA = G W^T
 
     def sq_norms(self, params, cache, dy):
         a, delta = cache, dy
         if a.ndim == 2:  # one row per example
-            return (sum_rows(a) + 1) * sum_rows(delta)
+            return (sum_rows(a) + self.bias) * sum_rows(delta)
         m, n_in, n_out = a.shape[0], a.shape[-1], delta.shape[-1]
         a, delta = a.reshape(m, -1, n_in), delta.reshape(m, -1, n_out)
         T = a.shape[1]
@@ -96,4 +109,4 @@ class Dense(Layer):
                         axis=(1, 2))
         else:  # direct form
             w = sum_rows(jnp.einsum("mtk,mtj->mkj", a, delta))
-        return w + sum_rows(jnp.sum(delta, axis=1))
+        return w + sum_rows(jnp.sum(delta, axis=1)) if self.bias else w

@@ -51,9 +51,16 @@ from .base import Layer, real_number, sum_rows
 
 @dataclasses.dataclass(frozen=True)
 class LayerNorm(Layer):
-    """Normalise the last axis to mean 0 and variance 1, then y = gamma ⊙ xhat + beta."""
+    """Normalise the last axis to mean 0 and variance 1, then y = gamma ⊙ xhat + beta.
+
+    With ``bias=False`` there is no beta: params ``{"scale"}`` only, y = gamma ⊙ xhat.
+    """
 
     eps: float = 1e-5
+    bias: bool = True
+
+    def __repr__(self):  # bias shown only when off
+        return f"LayerNorm(eps={self.eps!r}" + (")" if self.bias else ", bias=False)")
 
     def __post_init__(self):
         object.__setattr__(self, "eps", real_number(
@@ -62,7 +69,10 @@ class LayerNorm(Layer):
 
     def init(self, key, input_shape, dtype=jnp.float32):
         d = input_shape[-1]
-        return {"scale": jnp.ones((d,), dtype), "bias": jnp.zeros((d,), dtype)}, tuple(input_shape)
+        params = {"scale": jnp.ones((d,), dtype)}
+        if self.bias:
+            params["bias"] = jnp.zeros((d,), dtype)
+        return params, tuple(input_shape)
 
     def check_input(self, input_shape, where):
         if len(input_shape) == 0:
@@ -76,18 +86,22 @@ class LayerNorm(Layer):
             )
 
     def forward(self, params, x, key=None):
-        gamma, beta = (params[k].reshape((1,) * (x.ndim - 1) + (-1,)) for k in ("scale", "bias"))
+        row = (1,) * (x.ndim - 1) + (-1,)
         mu = jnp.mean(x, axis=-1, keepdims=True)
         xc = x - mu
         r = 1 / jnp.sqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + self.eps)
         xhat = xc * r
-        return gamma * xhat + beta, (xhat, r)
+        y = params["scale"].reshape(row) * xhat
+        if self.bias:
+            y = y + params["bias"].reshape(row)
+        return y, (xhat, r)
 
     def backward(self, params, cache, dy):
         xhat, r = cache
         d = xhat.shape[-1]
-        grads = {"scale": jnp.sum((dy * xhat).reshape(-1, d), axis=0),   # sum dy ⊙ xhat
-                 "bias": jnp.sum(dy.reshape(-1, d), axis=0)}             # sum dy
+        grads = {"scale": jnp.sum((dy * xhat).reshape(-1, d), axis=0)}  # sum dy ⊙ xhat
+        if self.bias:
+            grads["bias"] = jnp.sum(dy.reshape(-1, d), axis=0)           # sum dy
         h = dy * params["scale"].reshape((1,) * (dy.ndim - 1) + (-1,))   # dJ/dxhat
         dx = r * (h - jnp.mean(h, axis=-1, keepdims=True)
                   - xhat * jnp.mean(h * xhat, axis=-1, keepdims=True))
@@ -97,5 +111,7 @@ class LayerNorm(Layer):
         xhat, _ = cache
         m, d = dy.shape[0], dy.shape[-1]
         dscale = jnp.sum((dy * xhat).reshape(m, -1, d), axis=1)
+        if not self.bias:
+            return sum_rows(dscale)
         dbias = jnp.sum(dy.reshape(m, -1, d), axis=1)
         return sum_rows(dscale) + sum_rows(dbias)
