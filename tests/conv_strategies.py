@@ -21,6 +21,7 @@ tests/network_strategies.py, shared with the layers engine's tests.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -242,15 +243,21 @@ def check_backprop(case, network=None):
     return assert_backprop_close(ours, reference_backprop(case), rtol_for(case.dtype))
 
 
-def check_per_example(case, network=None):
-    """Per-example grads, norms and the clipped gradient against jax.vmap(jax.grad)."""
+def check_per_example(case, network=None, with_grads=True):
+    """Per-example grads, norms and the clipped gradient against jax.vmap(jax.grad).
+
+    ``with_grads`` False: the norms and the clipped gradient only (what a
+    change of per-example norm rule can change).
+    """
     rtol = rtol_for(case.dtype)
     kw = case.kwargs(with_l2=False)
     if network is not None:
         kw["network"] = network
     ref = reference_per_example(case)
-    errs = assert_tree_close(fbp.per_example_grads(case.params, case.batch, **kw), ref, rtol,
-                             "per_example_grads")
+    errs = {}
+    if with_grads:
+        errs.update(assert_tree_close(fbp.per_example_grads(case.params, case.batch, **kw), ref,
+                                      rtol, "per_example_grads"))
     ref_norms = per_example_norms(ref)
     errs.update(assert_tree_close(fbp.per_example_grad_norms(case.params, case.batch, **kw),
                                   ref_norms, rtol, "norms"))
@@ -258,6 +265,52 @@ def check_per_example(case, network=None):
     got = fbp.clipped_grad(case.params, case.batch, clip_norm=clip_norm, **kw)
     errs.update(assert_tree_close(got, clipped_mean(ref, clip_norm), rtol, "clipped_grad"))
     return errs
+
+
+# Convolutions whose per-example norm takes one form whatever the shapes, so that every
+# drawn CNN proves both forms (the shapes alone would pick one per layer).
+@dataclasses.dataclass(frozen=True)
+class GramConv1D(Conv1D):
+    def norm_form(self, input_shape):
+        return "gram"
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectConv1D(Conv1D):
+    def norm_form(self, input_shape):
+        return "direct"
+
+
+@dataclasses.dataclass(frozen=True)
+class GramConv2D(Conv2D):
+    def norm_form(self, input_shape):
+        return "gram"
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectConv2D(Conv2D):
+    def norm_form(self, input_shape):
+        return "direct"
+
+
+FORCED = {"gram": {Conv1D: GramConv1D, Conv2D: GramConv2D},
+          "direct": {Conv1D: DirectConv1D, Conv2D: DirectConv2D}}
+
+
+def with_norm_form(net, form):
+    """``net`` (a flat Sequential) with every convolution's per-example norm in ``form``."""
+    def swap(layer):
+        cls = FORCED[form].get(type(layer))
+        return layer if cls is None else cls(**{f.name: getattr(layer, f.name)
+                                               for f in dataclasses.fields(layer)})
+    return Sequential(*map(swap, net.layers))
+
+
+def check_norm_forms(case):
+    """The norms and the clipped gradient with every convolution in the Gram form, then direct."""
+    with jax.enable_x64(jnp.dtype(case.dtype) == jnp.float64):
+        for form in ("gram", "direct"):
+            check_per_example(case, network=with_norm_form(case.net, form), with_grads=False)
 
 
 def check(case):

@@ -42,7 +42,14 @@ from functional_bp.layers import conv as conv_module
 from functional_bp.layers import pool as pool_module
 from functional_bp.layers.conv import resolve_padding, unfold
 from helpers import profile_share
-from conv_strategies import check, check_backprop, check_per_example, cnn_cases, make_layer_case
+from conv_strategies import (
+    check,
+    check_backprop,
+    check_norm_forms,
+    check_per_example,
+    cnn_cases,
+    make_layer_case,
+)
 
 
 
@@ -81,6 +88,14 @@ def edge_cases(dtype):
         # ... and the direct form (many positions, narrow patches)
         make_layer_case(Sequential(Conv1D(1, 1), Flatten(), Dense(2)), (9, 1), 3, "mse",
                         seed=8, **d),
+        # 2-D: the Gram form with stride, dilation and "SAME" (4 positions, patches of 12) ...
+        make_layer_case(Sequential(Conv2D(8, 2, stride=2, padding="SAME", dilation=(1, 2)),
+                                   Activation("tanh"), Flatten(), Dense(2)), (3, 4, 3), 3, "mse",
+                        seed=9, **d),
+        # ... and the direct form with stride and explicit padding, then a tiling max pool
+        make_layer_case(Sequential(Conv2D(2, (3, 2), stride=(2, 1), padding=((1, 2), (0, 1))),
+                                   MaxPool2D(2), Flatten(), Dense(2)), (7, 6, 2), 3, "mse",
+                        seed=10, **d),
     ]
 
 
@@ -93,10 +108,14 @@ def _with_examples(dtype, ndim):
     return decorate
 
 
+# Each drawn CNN is checked as its layers chose their per-example norm forms, then with
+# every convolution forced into the Gram form and into the direct form.
+
 @settings(max_examples=profile_share(10))
 @given(cnn_cases(1))
 def test_cnn1d_float32(case):
     check(case)
+    check_norm_forms(case)
 
 
 @_with_examples(jnp.float64, 1)
@@ -104,12 +123,14 @@ def test_cnn1d_float32(case):
 @given(cnn_cases(1, jnp.float64))
 def test_cnn1d_float64(case):
     check(case)
+    check_norm_forms(case)
 
 
 @settings(max_examples=profile_share(10))
 @given(cnn_cases(2))
 def test_cnn2d_float32(case):
     check(case)
+    check_norm_forms(case)
 
 
 @_with_examples(jnp.float64, 2)
@@ -117,6 +138,7 @@ def test_cnn2d_float32(case):
 @given(cnn_cases(2, jnp.float64))
 def test_cnn2d_float64(case):
     check(case)
+    check_norm_forms(case)
 
 
 # --- a wrong backward of each kind fails the same comparison ---------------------------
@@ -165,6 +187,31 @@ class PatchNormsFactorised(Conv1D):
 
 
 @dataclasses.dataclass(frozen=True)
+class GramWithoutCrossTerms1D(Conv1D):
+    """The Gram form summed over t = t' only: sum_t ||U_t||^2 ||G_t||^2 (no t != t' terms)."""
+
+    def sq_norms(self, params, cache, dy):
+        assert self.norm_form(cache.shape[1:]) == "gram"  # the form this twin stands in for
+        U, G = self.patches(cache), dy
+        sq = lambda t, axis: jnp.sum(t * t, axis=axis)  # noqa: E731
+        return jnp.sum(sq(U, -1) * sq(G, -1), axis=1) + sq(jnp.sum(G, axis=1), -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StrideIgnoredInNorm1D(Conv1D):
+    """The direct form on taps read at t + j d (stride 1) instead of t s + j d."""
+
+    def sq_norms(self, params, cache, dy):
+        assert self.norm_form(cache.shape[1:]) == "direct"
+        (k,), _, (d,) = self._geometry()
+        pads = resolve_padding(self.padding, cache.shape[1:-1], *self._geometry())
+        T = dy.shape[1]
+        views = [v[:, :T] for v in conv_module.tap_views(cache, (k,), (1,), (d,), pads)]
+        w = sum(jnp.sum(jnp.einsum("mtc,mto->mco", v, dy) ** 2, axis=(1, 2)) for v in views)
+        return w + jnp.sum(jnp.sum(dy, axis=1) ** 2, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
 class SpreadMaxPool(MaxPool1D):
     """Each window's cotangent spread evenly over the window instead of sent to its arg-max."""
 
@@ -202,6 +249,13 @@ WRONG = [
      Sequential(Conv1D(3, 3, stride=2), Flatten(), Dense(2)), (9, 2)),
     ("per-example norm factorised", PatchNormsFactorised(1, 1), check_per_example,
      Sequential(Conv1D(3, 2), Flatten(), Dense(2)), (5, 2)),
+    # Conv1D(8, 3) on (4, 4): 2 positions, patches of 12: the Gram form is chosen
+    ("Gram form without its cross-position terms", GramWithoutCrossTerms1D(1, 1),
+     check_per_example, Sequential(Conv1D(8, 3), Activation("tanh"), Flatten(), Dense(2)),
+     (4, 4)),
+    # Conv1D(3, 2, stride=2) on (9, 2): 4 positions, patches of 4: the direct form is chosen
+    ("direct-form norm ignoring the stride", StrideIgnoredInNorm1D(1, 1), check_per_example,
+     Sequential(Conv1D(3, 2, stride=2), Activation("tanh"), Flatten(), Dense(2)), (9, 2)),
     ("max-pool gradient spread over the window", SpreadMaxPool(1), check_backprop,
      Sequential(Conv1D(2, 2), MaxPool1D(2), Flatten(), Dense(2)), (9, 1)),
     ("average-pool divisor counting the padding", PaddingCountedAvgPool(1), check_backprop,
@@ -312,6 +366,73 @@ def test_unfold_reads_each_tap_at_t_s_plus_j_d():
     cols = unfold(x, (3,), (2,), (2,), ((1, 0),))[0, :, :, 0]
     # padded x: [0, 0, 1, ..., 9]; row t = xp[2t], xp[2t + 2], xp[2t + 4]
     np.testing.assert_array_equal(cols, [[0, 1, 3], [1, 3, 5], [3, 5, 7], [5, 7, 9]])
+
+
+# --- the per-example norm's form, chosen per layer from the shapes ----------------------
+
+NORM_FORMS = [
+    # layer, one example's input shape, positions P, patch width K c_in, c_out, the form
+    (Conv2D(32, 3, padding="SAME"), (28, 28, 1), 784, 9, 32, "direct"),  # benchmarks/cnn_bench.py
+    (Conv2D(64, 3, padding="SAME"), (14, 14, 32), 196, 288, 64, "direct"),
+    (Conv2D(64, 3, padding="SAME"), (7, 7, 64), 49, 576, 64, "gram"),
+    (Conv1D(25, 5, stride=2, padding=1), (40, 1), 19, 5, 25, "direct"),  # models.cnn
+    (Conv1D(25, 3, stride=2, padding=1), (19, 25), 10, 75, 25, "gram"),
+    (Conv1D(25, 3, stride=2, padding=1), (10, 25), 5, 75, 25, "gram"),
+    (Conv1D(4, 3, stride=3, dilation=2), (20, 2), 6, 6, 4, "direct"),    # T = (20 - 5) // 3 + 1
+    (Conv2D(8, 2, stride=2, padding="SAME", dilation=(1, 2)), (3, 4, 3), 4, 12, 8, "gram"),
+    # a tie (16 (12 + 6) = 4 * 12 * 6) goes to the direct form
+    (Conv2D(6, 2, stride=2, padding="SAME", dilation=(1, 2)), (3, 4, 3), 4, 12, 6, "direct"),
+]
+
+
+def _dot_shapes(f, *args):
+    """The output shapes of every dot_general in f's jaxpr (nested ones included)."""
+    text = str(jax.make_jaxpr(f)(*args))
+    return {tuple(map(int, dims.split(","))) for dims in
+            re.findall(r":f32\[(\d+(?:,\d+)*)\] = dot_general", text)}
+
+
+@pytest.mark.parametrize("layer, shape, P, Kc, c_out, form", NORM_FORMS,
+                         ids=[f"{type(r[0]).__name__}{r[1]}" for r in NORM_FORMS])
+def test_each_layer_takes_the_cheaper_norm_form_for_its_shapes(layer, shape, P, Kc, c_out, form):
+    assert layer.norm_costs(shape) == {"gram": P * P * (Kc + c_out), "direct": P * Kc * c_out}
+    assert layer.norm_form(shape) == form
+    # ... and runs it: the Gram form multiplies (P, P) matrices per example, the direct form
+    # forms each tap's (c_in, c_out) block of the example's weight gradient
+    m, c_in = 2, shape[-1]
+    params, out = layer.init(jax.random.key(0), shape)
+    x = jax.ShapeDtypeStruct((m, *shape), jnp.float32)
+    dy = jax.ShapeDtypeStruct((m, *out), jnp.float32)
+    shapes = _dot_shapes(lambda x, dy: layer.sq_norms(params, x, dy), x, dy)
+    gram, direct = (m, P, P) in shapes, (m, c_in, c_out) in shapes
+    assert (gram, direct) == ((True, False) if form == "gram" else (False, True)), shapes
+
+
+def test_a_norm_form_that_does_not_exist_is_named():
+    conv = Conv1D(2, 3)
+    params, out = conv.init(jax.random.key(0), (5, 1))
+    with pytest.raises(ValueError, match=r"Conv1D.sq_norms\(form\): 'gram', 'direct' or None"):
+        conv.sq_norms(params, jnp.ones((1, 5, 1)), jnp.ones((1, *out)), form="ghost")
+
+
+def test_fold_without_overlap_equals_the_sum_of_spread_taps():
+    """fold's reshape path (windows that do not overlap) against the padded-copies sum."""
+    rng = np.random.default_rng(0)
+    for window, stride, dilation, sizes, pads in [
+            ((2, 2), (2, 2), (1, 1), (28, 28), ((0, 0), (0, 0))),  # a tiling pool
+            ((2, 3), (3, 4), (1, 1), (7, 9), ((1, 0), (0, 2))),    # gaps and padding
+            ((2,), (5,), (2,), (11,), ((2, 1),)),                 # dilation inside the block
+            ((3,), (3,), (1,), (10,), ((0, 0),))]:                # an unread tail
+        T = conv_module.out_sizes(sizes, window, stride, dilation, pads)
+        cols = jnp.asarray(rng.standard_normal((2, *T, math.prod(window), 3)))
+        want = 0
+        for i, j in enumerate(conv_module.taps(window)):  # the definition, tap by tap
+            config = [(0, 0, 0)] + [(jj * d - lo, n - (jj * d - lo) - ((t - 1) * s + 1), s - 1)
+                                    for jj, d, t, s, n, (lo, _) in
+                                    zip(j, dilation, T, stride, sizes, pads)] + [(0, 0, 0)]
+            want = want + lax.pad(cols[..., i, :], 0.0, config)
+        got = conv_module.fold(cols, sizes, window, stride, dilation, pads)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_backward_code_uses_no_autodiff():
