@@ -341,6 +341,29 @@ def check_label_values(y, out_shape, where: str = "y"):
         )
 
 
+def check_finite_values(v, where: str):
+    """Raise when ``v``, a floating array whose values are known, holds NaN or infinities.
+
+    For the data a trainer holds (checked once per :func:`functional_bp.train.fit`):
+    a NaN feature does not always show in the loss (ReLU maps NaN to 0) while
+    the gradients it gives make the params NaN. Traced or integer arrays are
+    skipped.
+    """
+    dtype = getattr(v, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or not np.ndim(v):
+        return
+    values = _host_values(v)
+    if values is None:
+        return
+    bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{where} holds NaN or infinite values in {int(bad.sum())} row(s), first at row "
+            f"{int(np.flatnonzero(bad)[0])}: remove or impute them first (a NaN feature can "
+            "leave the loss finite, ReLU maps it to 0, while the params become NaN)"
+        )
+
+
 @lru_cache(maxsize=64)
 def _network_output_shape(net, input_shape):
     try:

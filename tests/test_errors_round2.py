@@ -441,3 +441,26 @@ def test_column_layout_checks_labels_and_l2():
                                l2=-1.0)
     J, _ = columns.value_and_grad(params, (x, np.array([0, 1, 1, 1])), activations=acts, loss=CE)
     assert J > 0
+
+
+def test_fit_refuses_non_finite_data_and_a_bad_learning_rate():
+    """NaN features left the loss finite (ReLU maps NaN to 0) while W^1 became NaN."""
+    net = fl.Sequential(fl.Dense(4), fl.Activation("relu"), fl.Dense(2))
+    params = net.init(jax.random.key(0), (3,))
+    opt = sgd(0.1)
+    state = init_state(params, optimizer=opt, key=jax.random.key(1))
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
+    y = np.arange(12) % 2
+    bad = x.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"train: x holds NaN or infinite values in 1 row\(s\), "
+                                         r"first at row 7"):
+        fit(state, (bad, y), network=net, loss=CE, optimizer=opt, epochs=1, batch_size=4)
+    targets = np.eye(2, dtype=np.float32)[y]
+    targets[2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"test: y holds NaN or infinite values .*row 2"):
+        fit(state, (x, y), (x, targets), network=net, loss=CE, optimizer=opt, epochs=1,
+            batch_size=4)
+    for rate in (-1.0, float("nan"), float("inf"), 0):
+        with pytest.raises(ValueError, match=r"sgd\(learning_rate\): a finite number > 0"):
+            sgd(rate)
