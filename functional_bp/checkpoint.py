@@ -138,6 +138,19 @@ def check_fits(network, params, input_shape=None):
     metadata's ``input_shape``) the whole chain is checked as well
     (:meth:`~functional_bp.layers.Sequential.check`): each layer's params for
     the shape the layers before it give.
+
+    Example::
+
+        >>> import jax
+        >>> from functional_bp import layers as fl
+        >>> net = fl.Sequential(fl.Dense(8), fl.Activation("relu"), fl.Dense(3))
+        >>> params = net.init(jax.random.key(0), (4,))
+        >>> check_fits(net, params, (4,))                      # fits: no error
+        >>> del params[2]["W"]
+        >>> check_fits(net, params)
+        Traceback (most recent call last):
+        ...
+        ValueError: layer 3 (Dense(features=3, scale=2.0)): p/2/W missing (it has ['W', 'b']): these params were made for another network
     """
     def walk(layers, params, where, idx):
         if not isinstance(params, (list, tuple)) or len(params) != len(layers):
