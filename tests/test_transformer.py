@@ -356,3 +356,88 @@ def test_wrong_twins_are_caught(name):
                                tokens=False, seed=1), **WRONG_TWINS[name]})
     with pytest.raises(AssertionError, match="leaves over rtol"):
         compare_backprop(case)
+
+
+# --- the loss on sequences, by its definition ----------------------------------------
+
+def test_sequence_loss_is_the_mean_over_scored_positions():
+    """J = (1/m) sum_i (mean over example i's scored positions of -log softmax(a)[label])."""
+    rng = np.random.default_rng(0)
+    m, T, V = 3, 5, 4
+    a = rng.standard_normal((m, T, V))
+    labels = rng.integers(0, V, (m, T))
+    labels[0, [1, 3]] = -1
+    labels[2, :] = -1                      # no scored position: L_2 = 0
+    net = fl.Sequential(fl.Dense(V))
+    with jax.enable_x64(True):
+        params = [{"W": jnp.eye(V, dtype=jnp.float64), "b": jnp.zeros(V, jnp.float64)}]
+        J = fbp.objective(params, (jnp.asarray(a), labels), network=net,
+                          loss="softmax_cross_entropy")
+    logp = a - np.log(np.sum(np.exp(a), axis=-1, keepdims=True))
+    per_example = []
+    for i in range(m):
+        scored = [t for t in range(T) if labels[i, t] >= 0]
+        per_example.append(np.mean([-logp[i, t, labels[i, t]] for t in scored]) if scored else 0.0)
+    assert abs(float(J) - np.mean(per_example)) <= 1e-12 * abs(np.mean(per_example))
+    # with every example scored at the same positions it is PyTorch's flattened mean
+    full = rng.integers(0, V, (m, T))
+    with jax.enable_x64(True):
+        J = fbp.objective(params, (jnp.asarray(a), full), network=net,
+                          loss="softmax_cross_entropy")
+    flat = -logp.reshape(-1, V)[np.arange(m * T), full.reshape(-1)]
+    assert abs(float(J) - flat.mean()) <= 1e-12 * flat.mean()
+
+
+def test_large_scores_float32_no_overflow_and_masked_entries_exactly_zero():
+    att = fl.Attention(2, causal=True)
+    x = 1e3 * jax.random.normal(jax.random.key(0), (2, 6, 12), jnp.float32)  # scores ~1e5
+    y, (xc, P) = att.forward({}, x)
+    _, dx = att.backward({}, (xc, P), jnp.ones_like(y))
+    assert bool(jnp.all(jnp.isfinite(y))) and bool(jnp.all(jnp.isfinite(dx)))
+    future = ~np.tril(np.ones((6, 6), bool))
+    assert np.all(np.asarray(P)[:, :, future] == 0)
+    # dS at the masked entries is exactly 0: the backward through P alone
+    dP = jnp.ones_like(P)
+    dS = P * (dP - jnp.sum(dP * P, axis=-1, keepdims=True))
+    assert np.all(np.asarray(dS)[:, :, future] == 0)
+
+
+def test_clear_errors_for_bad_transformer_inputs():
+    net = models.gpt(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8)
+    params = net.init(jax.random.key(0), (4,))
+    with pytest.raises(ValueError, match=r"T=6 positions.*max_length=4"):
+        fbp.value_and_grad(params, (jnp.zeros((2, 6), jnp.int32), jnp.zeros((2, 6), jnp.int32)),
+                           network=net, loss="softmax_cross_entropy")
+    bad = fl.Sequential(fl.Dense(9), fl.Attention(2))   # C = 3: not a multiple of 2 heads
+    with pytest.raises(ValueError, match=r"num_heads=2.*width 9"):
+        bad.init(jax.random.key(0), (4, 3))
+    with pytest.raises(ValueError, match=r"n_embd=10 must be a multiple of n_head=4"):
+        models.gpt(n_embd=10, n_head=4)
+    with pytest.raises(ValueError, match=r"labels y must have shape \(2, 4\)"):
+        fbp.value_and_grad(params, (jnp.zeros((2, 4), jnp.int32), jnp.zeros((2, 3), jnp.int32)),
+                           network=net, loss="softmax_cross_entropy")
+
+
+def test_gpt_layout_and_init_are_nanogpts():
+    n_layer, C, V = 2, 16, 11
+    net = models.gpt(vocab_size=V, block_size=8, n_layer=n_layer, n_head=4, n_embd=C, bias=False)
+    params = net.init(jax.random.key(0), (8,))
+    shapes = [jax.tree.map(jnp.shape, p) for p in params]
+    assert shapes[0] == {"W": (V, C)} and shapes[1] == {"W": (8, C)}
+    assert shapes[3] == [{"scale": (C,)}, {"W": (C, 3 * C)}, {}, {"W": (C, C)}, {}]
+    assert shapes[4] == [{"scale": (C,)}, {"W": (C, 4 * C)}, {}, {"W": (4 * C, C)}, {}]
+    assert shapes[-2] == {"scale": (C,)} and shapes[-1] == {"W": (C, V)}
+    big = models.gpt(vocab_size=64, block_size=64, n_layer=n_layer, n_head=4, n_embd=256)
+    p = big.init(jax.random.key(1), (64,))
+    std = lambda w: float(jnp.std(w))  # noqa: E731
+    assert abs(std(p[0]["W"]) - 0.02) < 0.002 and abs(std(p[1]["W"]) - 0.02) < 0.002
+    assert abs(std(p[3][1]["W"]) - 0.02) < 0.002                      # c_attn
+    assert abs(std(p[3][3]["W"]) - 0.02 / math.sqrt(2 * n_layer)) < 0.002   # attn c_proj
+    assert abs(std(p[4][3]["W"]) - 0.02 / math.sqrt(2 * n_layer)) < 0.002   # mlp c_proj
+    assert float(jnp.max(jnp.abs(p[3][1]["b"]))) == 0.0
+
+
+def test_gpt_network_survives_a_checkpoint_config():
+    net = models.gpt(vocab_size=7, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.1,
+                     bias=False, activation="gelu_tanh")
+    assert fl.from_config(fl.to_config(net)) == net
