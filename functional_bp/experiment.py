@@ -27,7 +27,6 @@ Example (a short run on the XOR data, written into a temporary folder)::
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import signal
@@ -195,40 +194,7 @@ def build_model(text, n_outputs):
     """
     from . import models
 
-    name, *words = text.split()
-    fn = models.MODELS.get(name.lower())
-    if fn is None or not words:
-        return models.build(text, n_outputs)
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
-                if k != "n_outputs"}
-
-    def show(v):
-        if isinstance(v, float):
-            return f"{v:g}"
-        return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
-
-    known = ", ".join(f"{k}={show(v)}" for k, v in defaults.items())
-    options = {}
-    for word in words:
-        key, eq, value = word.partition("=")
-        if not eq or key not in defaults:
-            raise ValueError(f"{text!r}: a named model takes options as name=value; {name} "
-                             f"takes {known} (the defaults); got {word!r}")
-        default = defaults[key]
-        try:
-            if isinstance(default, tuple):
-                options[key] = tuple(int(v) for v in value.split(",") if v)
-            elif isinstance(default, (int, float)):
-                options[key] = type(default)(value)
-            else:
-                options[key] = value
-        except ValueError:
-            raise ValueError(f"{text!r}: {key} takes "
-                             + ("integers separated by commas" if isinstance(default, tuple)
-                                else f"a{'n integer' if isinstance(default, int) else ' number'}")
-                             + f" like its default {key}={show(default)}; got {value!r}") \
-                from None
-    return fn(n_outputs, **options)
+    return models.build(text, n_outputs)  # named models' options are read there
 
 
 def check_fits(net, input_shape, n_outputs, option, what):

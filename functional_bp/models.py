@@ -24,23 +24,14 @@ arguments, separated by spaces or colons; options as ``name=value``;
     dense 16, tanh, res(layernorm, dense 16, relu), dense 10
     embedding 100 8, flatten, dense 2
 
-Words (arguments in brackets are optional, in this order):
-
-============================  ==========================================================
-``dense N``                   :class:`~functional_bp.layers.Dense`
-``conv1d F K [S [P [D]]]``    :class:`~functional_bp.layers.Conv1D`: features, kernel,
-                              stride, padding (``same``, ``valid`` or an int), dilation
-``conv2d F K [S [P [D]]]``    :class:`~functional_bp.layers.Conv2D`; K, S, D an int or
-                              ``HxW`` (e.g. ``3x3``)
-``maxpool1d W [S]``, ...      ``maxpool1d``, ``avgpool1d``, ``maxpool2d``, ``avgpool2d``:
-                              window, stride (default: the window), ``padding=``
-``flatten``, ``layernorm``    :class:`~functional_bp.layers.Flatten`, LayerNorm
-``dropout R``                 :class:`~functional_bp.layers.Dropout`
-``reshape D1 D2 ...``         :class:`~functional_bp.layers.Reshape` (one D may be -1)
-``embedding V F``             :class:`~functional_bp.layers.Embedding`
-``relu``, ``tanh``, ...       an :class:`~functional_bp.layers.Activation` by name
-``res(...)``                  :class:`~functional_bp.layers.Residual` of the inner stack
-============================  ==========================================================
+The words are those of the registry of layer types
+(:mod:`functional_bp.layers.registry`), one or more per type, and a word's
+arguments are its layer's dataclass fields in field order (brackets: optional;
+any argument may be written ``name=value``, but only once). The table,
+rendered by :func:`functional_bp.layers.words_table`, is in docs/layers.md;
+:func:`functional_bp.layers.layer_words` lists the words. A named model takes
+its function's options as ``name=value`` (``resmlp width=64 blocks=1``,
+``mlp hidden=64,64 activation=tanh``).
 
 Example::
 
@@ -51,30 +42,29 @@ Example::
     ['Reshape', 'Conv1D', 'Activation']
     >>> models.build("dense 16, tanh, res(layernorm, dense 16, relu), dense 3", 3).layers[2]
     Residual(LayerNorm(eps=1e-05), Dense(features=16, scale=2.0), Activation('relu'))
+    >>> models.build("layernorm eps=1e-6, dense 4 scale=1", 4).layers
+    (LayerNorm(eps=1e-06), Dense(features=4, scale=1.0))
+    >>> models.build("resmlp width=8 blocks=1", 3).output_shape((5,))
+    (3,)
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 
-from .activations import ACTIVATIONS
 from .layers import (
     Activation,
-    AvgPool1D,
-    AvgPool2D,
     Conv1D,
-    Conv2D,
     Dense,
-    Dropout,
-    Embedding,
     Flatten,
     LayerNorm,
-    MaxPool1D,
-    MaxPool2D,
     Reshape,
     Residual,
     Sequential,
+    layer_words,
 )
+from .layers.registry import layer_from_words, parse_value
 
 
 def mlp(n_outputs: int = 10, hidden=(100, 100), activation: str = "relu",
@@ -92,6 +82,9 @@ def mlp(n_outputs: int = 10, hidden=(100, 100), activation: str = "relu",
 def resmlp(n_outputs: int = 10, width: int = 100, blocks: int = 2,
            activation: str = "relu") -> Sequential:
     """Flatten, Dense(width), g, then ``blocks`` of x + Dense(g(Dense(LayerNorm(x)))), Dense(n_outputs)."""
+    if not (isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0):
+        raise ValueError(f"resmlp(blocks): the number of residual blocks, an integer >= 0; "
+                         f"got {blocks!r}")
     body = [Residual(LayerNorm(), Dense(width), Activation(activation), Dense(width))
             for _ in range(blocks)]
     return Sequential(Flatten(), Dense(width), Activation(activation), *body, Dense(n_outputs))
@@ -124,30 +117,56 @@ def build(text: str, n_outputs: int = 10) -> Sequential:
     """The network a name or a text stack describes (see the module doc for the words).
 
     Args:
-      text: a name in :data:`MODELS` (the head then has ``n_outputs`` outputs),
-        or a text stack (which sets its own last layer).
+      text: a name in :data:`MODELS`, optionally with its options as
+        ``name=value`` (``"resmlp width=64 blocks=1"``; a tuple such as
+        mlp's ``hidden`` is written ``hidden=64,64``), the head then having
+        ``n_outputs`` outputs; or a text stack (which sets its own last layer).
       n_outputs: the outputs of a named model.
 
     Raises:
-      ValueError: an unknown word, a missing or malformed argument, or an
-        unbalanced ``res(``, naming the layer and what was expected.
+      ValueError: an unknown word or option, an option given twice, a
+        missing or malformed argument, or an unbalanced ``res(``, naming the
+        layer and what was expected.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"a model is a name ({', '.join(MODELS)}) or a text stack such as "
                          f"'dense 64, relu, dense 10'; got {text!r}")
-    name = text.strip().lower()
-    if name in MODELS:
-        return MODELS[name](n_outputs)
+    name, *options = text.split()
+    if name.lower() in MODELS:
+        return _named(MODELS[name.lower()], name.lower(), options, text, n_outputs)
     layers, _ = _stack(text, 0, top=True)
     return Sequential(*layers)
 
 
+def _show(v):
+    if isinstance(v, float):
+        return f"{v:g}"
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def _named(fn, name, words, text, n_outputs):
+    """``fn(n_outputs, **options)`` for the ``name=value`` words, each read by its parameter's type."""
+    params = list(inspect.signature(fn).parameters.values())[1:]  # the first is n_outputs
+    defaults = {p.name: p.default for p in params}
+    known = ", ".join(f"{k}={_show(v)}" for k, v in defaults.items())
+    options = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if not eq or key not in defaults:
+            raise ValueError(f"{text!r}: a named model takes options as name=value; {name} "
+                             f"takes {known} (the defaults); got {word!r}")
+        if key in options:
+            raise ValueError(f"{text!r}: {key} is given twice; give it once")
+        default = defaults[key]
+        hint = tuple[int, ...] if isinstance(default, tuple) else type(default)
+        options[key] = parse_value(value, hint, f"{text!r}: {key} (like its default "
+                                                f"{key}={_show(default)})")
+    return fn(n_outputs, **options)
+
+
 # --- the parser -------------------------------------------------------------------
-_POOLS = {"maxpool1d": MaxPool1D, "avgpool1d": AvgPool1D,
-          "maxpool2d": MaxPool2D, "avgpool2d": AvgPool2D}
-_WORDS = ("dense, conv1d, conv2d, " + ", ".join(_POOLS) + ", flatten, layernorm, dropout, "
-          "reshape, embedding, res(...), or an activation (" + ", ".join(sorted(ACTIVATIONS))
-          + ")")
+def _words():
+    return (", ".join(w for w in layer_words()) + ", res(...)")
 
 
 def _stack(text, i, top):
@@ -190,87 +209,11 @@ def _stack(text, i, top):
         i += 1  # the comma
 
 
-def _ints(value, n, word):
-    """'3' -> 3, '3x5' -> (3, 5) (2-D layers only)."""
-    parts = value.lower().split("x")
-    try:
-        ints = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"{word!r}: {value!r} is not an integer"
-                         + (" or HxW" if n == 2 else "")) from None
-    if len(ints) == 1:
-        return ints[0]
-    if len(ints) != n:
-        raise ValueError(f"{word!r}: {value!r} must be one integer" +
-                         (" or HxW" if n == 2 else ""))
-    return ints
-
-
-def _padding(value, word):
-    if value.lower() in ("same", "valid"):
-        return value.upper()
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{word!r}: padding is same, valid or an integer; got {value!r}") \
-            from None
-
-
 def _layer(word):
+    """One layer of the text form: its word, then its arguments (spaces or colons between)."""
     tokens = [t for t in re.split(r"[\s:]+", word) if t]
-    kind, args = tokens[0].lower(), tokens[1:]
-    positional = [a for a in args if "=" not in a]
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-
-    def need(names, at_least):
-        if len(positional) < at_least or len(positional) > len(names):
-            usage = " ".join(n if k < at_least else f"[{n}]" for k, n in enumerate(names))
-            raise ValueError(f"{word!r}: {kind} takes {usage or 'no arguments'}; got "
-                             f"{len(positional)} argument(s)")
-        unknown = set(options) - set(names)
-        if unknown:
-            raise ValueError(f"{word!r}: unknown option(s) {sorted(unknown)}; {kind} takes "
-                             f"{', '.join(names)}")
-        values = dict(zip(names, positional))
-        values.update(options)
-        return values
-
-    if kind in ACTIVATIONS:
-        need((), 0)
-        return Activation(kind)
-    if kind in ("flatten", "layernorm"):
-        need((), 0)
-        return Flatten() if kind == "flatten" else LayerNorm()
-    if kind == "dense":
-        return Dense(_ints(need(("features",), 1)["features"], 1, word))
-    if kind == "dropout":
-        rate = need(("rate",), 1)["rate"]
-        try:
-            return Dropout(float(rate))
-        except ValueError:
-            raise ValueError(f"{word!r}: the dropout rate is a number in [0, 1); got "
-                             f"{rate!r}") from None
-    if kind == "embedding":
-        v = need(("vocab_size", "features"), 2)
-        return Embedding(_ints(v["vocab_size"], 1, word), _ints(v["features"], 1, word))
-    if kind == "reshape":
-        if not positional or options:
-            raise ValueError(f"{word!r}: reshape takes the target shape, e.g. 'reshape 40 1'")
-        return Reshape(tuple(_ints(a, 1, word) for a in positional))
-    if kind in ("conv1d", "conv2d"):
-        n = int(kind[4])
-        v = need(("features", "kernel_size", "stride", "padding", "dilation"), 2)
-        kw = {k: _ints(v[k], n, word) for k in ("stride", "dilation") if k in v}
-        if "padding" in v:
-            kw["padding"] = _padding(v["padding"], word)
-        return (Conv1D if n == 1 else Conv2D)(_ints(v["features"], 1, word),
-                                              _ints(v["kernel_size"], n, word), **kw)
-    if kind in _POOLS:
-        n = int(kind[-2])
-        v = need(("window", "stride", "padding"), 1)
-        kw = {"stride": _ints(v["stride"], n, word)} if "stride" in v else {}
-        if "padding" in v:
-            kw["padding"] = _padding(v["padding"], word)
-        return _POOLS[kind](_ints(v["window"], n, word), **kw)
-    raise ValueError(f"unknown layer {tokens[0]!r} in {word!r}; the words are {_WORDS} (or a "
-                     f"named model: {', '.join(MODELS)})")
+    try:
+        return layer_from_words(tokens[0].lower(), tokens[1:], word)
+    except KeyError:
+        raise ValueError(f"unknown layer {tokens[0]!r} in {word!r}; the words are {_words()} "
+                         f"(or a named model: {', '.join(MODELS)})") from None

@@ -51,6 +51,7 @@ from helpers import assert_backprop_close, assert_tree_close, rtol_for
 from network_strategies import (
     NetCase,
     clipped_mean,
+    fill,
     per_example_norms,
     prepared,
     reference_per_example,
@@ -60,19 +61,6 @@ from strategies import LOSS_NAMES, TARGET_KINDS, make_targets
 
 # Activations between convolutions: smooth ones and relu (whose zeros make ties in max pools).
 CONV_ACTIVATIONS = ["relu", "tanh", "sigmoid", "identity", "softplus"]
-
-
-def _fill(path, spec, rng):
-    """A parameter leaf drawn with NumPy: W ~ N(0, 1 / fan_in), biases non-zero."""
-    name = getattr(path[-1], "key", None)
-    shape = tuple(spec.shape)
-    if name == "W":
-        return rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
-    if name in ("b", "bias"):  # non-zero, so that a wrong bias gradient cannot hide behind 0
-        return 0.1 * rng.standard_normal(shape)
-    if name == "scale":  # LayerNorm's gamma, away from 1
-        return 1.0 + 0.5 * rng.standard_normal(shape)
-    raise ValueError(f"no drawing rule for a parameter named {name!r}")
 
 
 def make_layer_case(net, input_shape, m, loss, *, l2=0.0, dtype=jnp.float32, seed=0,
@@ -86,8 +74,8 @@ def make_layer_case(net, input_shape, m, loss, *, l2=0.0, dtype=jnp.float32, see
     with jax.enable_x64(jnp.dtype(dtype) == jnp.dtype("float64")):
         spec = jax.eval_shape(lambda k: net.init(k, input_shape, dtype), jax.random.key(0))
         n_L = net.output_shape(input_shape)[-1]
-        params = jax.tree_util.tree_map_with_path(
-            lambda p, s: jnp.asarray(_fill(p, s, rng), dtype), spec)
+        params = jax.tree_util.tree_map(  # kernels N(0, 1 / fan_in): the classic scheme
+            lambda s: jnp.asarray(fill(s, rng, "classic"), dtype), spec)
         given = x
         if x is not None:
             x = np.asarray(x)

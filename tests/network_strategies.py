@@ -21,7 +21,12 @@ library's backward:
   the whole batch under that key instead (the masks are drawn for the batch's
   shape, so example i's mask depends on the batch it sits in).
 
-Arrays are drawn with NumPy, so drawing a case compiles nothing.
+Arrays are drawn with NumPy, so drawing a case compiles nothing. Nothing
+here is keyed by layer type: parameters are drawn by their shape
+(:func:`fill`), the float64 truth's summand scales come from each layer's
+own backward evaluated on absolute values (:func:`abs_backward`), and the
+weight decay from :func:`functional_bp.network.decay_mask`. A new layer type
+needs only a line in :func:`_blocks` to be drawn.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
+from jax import lax
+from jax.extend import core as jax_core
 
 import functional_bp as fbp
 from functional_bp import _validate
@@ -49,7 +56,7 @@ from functional_bp.layers import (  # noqa: F401  (the names a case's recipe use
     Sequential,
 )
 from functional_bp.layers.base import abstract_init
-from functional_bp.network import objective_from_arrays
+from functional_bp.network import decay_mask, objective_from_arrays
 from functional_bp.network import forward as net_forward
 from helpers import assert_backprop_close, rtol_for, tree_errors
 from strategies import ACTIVATION_NAMES, LOSS_NAMES, SCHEME_VARIANCE, TARGET_KINDS, make_targets
@@ -104,19 +111,19 @@ def has_dropout(net) -> bool:
     return any(isinstance(layer, Dropout) for layer in leaf_layers(net))
 
 
-def _fill(path, spec, rng, scheme):
-    """A parameter leaf drawn with NumPy, by its name."""
-    name = getattr(path[-1], "key", None)
+def fill(spec, rng, scheme="glorot"):
+    """A parameter leaf drawn with NumPy from its shape alone, whatever its name or layer.
+
+    A leaf with two or more axes is a kernel: N(0, var) with ``var`` the
+    scheme's (he, glorot, classic) for fan-in prod(shape[:-1]) and fan-out
+    shape[-1]. Any other leaf (a bias, a scale, a shift) is N(0, 0.5^2):
+    neither 0 nor 1, so a dropped bias or scale shows.
+    """
     shape = tuple(spec.shape)
-    if name == "W":
-        std = SCHEME_VARIANCE[scheme](shape[0], shape[-1]) ** 0.5
+    if len(shape) >= 2:
+        std = SCHEME_VARIANCE[scheme](int(np.prod(shape[:-1])), shape[-1]) ** 0.5
         return std * rng.standard_normal(shape)
-    if name in ("b", "bias"):
-        # non-zero, so that a wrong bias gradient cannot hide behind b = 0
-        return 0.1 * rng.standard_normal(shape)
-    if name == "scale":  # LayerNorm's gamma, away from 1 so that a dropped gamma shows
-        return 1.0 + 0.5 * rng.standard_normal(shape)
-    raise ValueError(f"no drawing rule for a parameter named {name!r}")
+    return 0.5 * rng.standard_normal(shape)
 
 
 def make_net_case(net, input_shape, m, loss, *, l2=0.0, dtype=jnp.float32, seed=0,
@@ -132,8 +139,8 @@ def make_net_case(net, input_shape, m, loss, *, l2=0.0, dtype=jnp.float32, seed=
     with jax.enable_x64(x64):
         spec = jax.eval_shape(lambda k: net.init(k, input_shape, dtype), jax.random.key(0))
         n_L = net.output_shape(input_shape)[-1]
-        params = jax.tree_util.tree_map_with_path(
-            lambda p, s: jnp.asarray(_fill(p, s, rng, scheme), dtype), spec)
+        params = jax.tree_util.tree_map(
+            lambda s: jnp.asarray(fill(s, rng, scheme), dtype), spec)
         x = jnp.asarray(x_scale * rng.standard_normal((m, *input_shape)), dtype)
         target_kind = target_kind or TARGET_KINDS[loss][0]
         y = make_targets(rng, target_kind, m, n_L, dtype)
@@ -348,41 +355,83 @@ def _masks_kept(net, caches, row=None):
     return net
 
 
-def _abs_trace(layer, params, cache, S):
-    """(grad scales, S at the input, cotangent scales): the backward on absolute values.
+# Primitives that are linear in each argument that carries the cotangent: evaluated as
+# they are, on absolute values. ``sub`` becomes ``add`` and ``neg`` the identity.
+_LINEAR = {"add", "add_any", "mul", "div", "dot_general", "reduce_sum", "broadcast_in_dim",
+           "reshape", "transpose", "squeeze", "expand_dims", "slice", "dynamic_slice",
+           "dynamic_update_slice", "pad", "concatenate", "convert_element_type", "copy",
+           "copy_p", "rev", "scatter-add", "scatter_add", "gather", "select_n",
+           "conv_general_dilated", "cumsum", "reduce_precision", "split", "squeeze",
+           "sharding_constraint"}
+_CALLS = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call"}
 
-    The recursion of each layer's backward with every term replaced by its
-    absolute value, so each result is the size of the terms the true leaf
-    sums: rounding a float32 sum moves it by about eps times that.
+
+def _absolute(v):
+    return jnp.abs(v) if jnp.issubdtype(jnp.result_type(v), jnp.inexact) else v
+
+
+def _abs_eval(jaxpr, consts, args, carries):
+    """Evaluate ``jaxpr``; where an equation touches a cotangent, every term by its absolute value."""
+    env = {}
+
+    def read(v):
+        return (v.val, False) if isinstance(v, jax_core.Literal) else env[v]
+
+    for v, c in zip(jaxpr.constvars, consts):
+        env[v] = (c, False)
+    for v, a, t in zip(jaxpr.invars, args, carries):
+        env[v] = (a, t)
+    for eqn in jaxpr.eqns:
+        vals, ts = (list(x) for x in zip(*map(read, eqn.invars))) if eqn.invars else ([], [])
+        name = eqn.primitive.name
+        if not any(ts):  # does not touch the cotangent: its exact value
+            out = eqn.primitive.bind(*vals, **eqn.primitive.get_bind_params(eqn.params))
+        else:
+            vals = [v if t else _absolute(v) for v, t in zip(vals, ts)]
+            if name in _CALLS:
+                inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+                closed = inner if hasattr(inner, "consts") else jax_core.ClosedJaxpr(inner, ())
+                out = _abs_eval(closed.jaxpr, closed.consts, vals, ts)
+            elif name == "sub":
+                out = lax.add(*vals)
+            elif name == "neg":
+                out = vals[0]
+            elif name in _LINEAR and not (name in ("mul", "dot_general", "conv_general_dilated")
+                                          and all(ts)) and not (name == "div" and ts[1]):
+                out = eqn.primitive.bind(*vals, **eqn.primitive.get_bind_params(eqn.params))
+            else:
+                raise TypeError(f"abs_backward: the backward applies {name!r} to the cotangent, "
+                                "which is not linear there (or has no rule here); a backward "
+                                "must be linear in dy")
+        outs = out if eqn.primitive.multiple_results else [out]
+        for v, o in zip(eqn.outvars, outs):
+            env[v] = (o, any(ts))
+    return [read(v)[0] for v in jaxpr.outvars]
+
+
+def abs_backward(fn, S):
+    """``fn(S)``, linear in S >= 0, with every term replaced by its absolute value.
+
+    ``fn`` is a layer's (or a network's) backward as written, closing over
+    its params and cache; each equation of its program that touches the
+    cotangent is evaluated on the absolute values of its operands (a
+    difference becomes a sum, a negation the identity), every value computed
+    from the params and the cache alone exactly as the layer computes it.
+    Each result is then the size of the terms the true result sums: rounding
+    a float32 sum moves it by about eps times that. No table of layer types:
+    a new layer's backward is read as it is.
     """
-    if isinstance(layer, Sequential):
-        n = len(layer.layers)
-        grads, cots, S_out = [None] * n, [None] * n, S
-        for i in reversed(range(n)):
-            grads[i], S, cots[i] = _abs_trace(layer.layers[i], params[i], cache[i], S)
-        return grads, (S + S_out if isinstance(layer, Residual) else S), cots
-    if isinstance(layer, Dense):
-        a, W = jnp.abs(cache), jnp.abs(params["W"])
-        a2, S2 = a.reshape(-1, a.shape[-1]), S.reshape(-1, S.shape[-1])
-        return {"W": a2.T @ S2, "b": jnp.sum(S2, axis=0)}, S @ W.T, S
-    if isinstance(layer, Activation):
-        return {}, S * jnp.abs(layer.fn.dg(cache)), S
-    if isinstance(layer, LayerNorm):
-        xhat, r = cache
-        d = xhat.shape[-1]
-        ax = jnp.abs(xhat)
-        h = S * jnp.abs(params["scale"]).reshape((1,) * (S.ndim - 1) + (d,))
-        dx = r * (h + jnp.mean(h, axis=-1, keepdims=True)
-                  + ax * jnp.mean(h * ax, axis=-1, keepdims=True))
-        return ({"scale": jnp.sum((S * ax).reshape(-1, d), axis=0),
-                 "bias": jnp.sum(S.reshape(-1, d), axis=0)}, dx, S)
-    if isinstance(layer, _FixedScale):
-        return {}, S * jnp.abs(layer.scale), S
-    if isinstance(layer, Dropout):  # no mask was drawn (no key, or rate 0): the identity
-        return {}, S, S
-    if isinstance(layer, Flatten):
-        return {}, S.reshape(cache), S
-    raise TypeError(f"no absolute-value backward for {layer!r}")
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(S)
+    flat_S = jax.tree_util.tree_leaves(S)
+    outs = _abs_eval(closed.jaxpr, closed.consts, [jnp.abs(t) for t in flat_S],
+                     [True] * len(flat_S))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes),
+                                        [_absolute(o) for o in outs])
+
+
+def _abs_trace(net, params, cache, S):
+    """(grad scales, S at the input, cotangent scales): ``net.backward_trace`` on absolute values."""
+    return abs_backward(lambda dy: net.backward_trace(params, cache, dy), S)
 
 
 def float64_truth(case):
@@ -408,9 +457,9 @@ def float64_truth(case):
             out, caches64 = net_forward(net, params, x64)
             S = jnp.abs(_last_cotangent(go))
             grads, S_in, cots = _abs_trace(net, params, caches64, S)
-            grads = jax.tree_util.tree_map_with_path(
-                lambda p, gs, w: gs + abs(case.l2) * jnp.abs(w)
-                if getattr(p[-1], "key", None) == "W" else gs, grads, params)
+            grads = jax.tree_util.tree_map(
+                lambda gs, w, d: gs + abs(case.l2) * jnp.abs(w) if d else gs,
+                grads, params, decay_mask(net, params))
             scales = Backprop(jnp.abs(value), grads, cots, S_in)
         return t, scales
 

@@ -19,6 +19,7 @@ of ``activations=``::
 """
 
 from .activation import Activation
+from .attention import Attention
 from .base import Layer
 from .config import from_config, to_config
 from .conv import Conv1D, Conv2D
@@ -27,12 +28,15 @@ from .dropout import Dropout
 from .embedding import Embedding
 from .flatten import Flatten
 from .layernorm import LayerNorm
+from .positional import PositionalEmbedding
 from .pool import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
+from .registry import layer_type, layer_types, layer_words, register, words_table
 from .reshape import Reshape
 from .sequential import Residual, Sequential
 
 __all__ = [
     "Activation",
+    "Attention",
     "AvgPool1D",
     "AvgPool2D",
     "Conv1D",
@@ -45,9 +49,15 @@ __all__ = [
     "LayerNorm",
     "MaxPool1D",
     "MaxPool2D",
+    "PositionalEmbedding",
     "Reshape",
     "Residual",
     "Sequential",
     "from_config",
+    "layer_type",
+    "layer_types",
+    "layer_words",
+    "register",
     "to_config",
+    "words_table",
 ]

@@ -2,9 +2,14 @@
 
 ``to_config(net)`` gives nested dicts such as
 ``{"type": "Sequential", "layers": [{"type": "Dense", "features": 10, "scale": 2.0}, ...]}``;
-``from_config`` rebuilds an equal (``==``) network. Built-in activations are
-stored by name; a user's own activation (functions) cannot be stored and
-raises, naming the layer.
+``from_config`` rebuilds an equal (``==``) network, each ``"type"`` looked up
+in the explicit registry of layer types (:mod:`~functional_bp.layers.registry`):
+the built-ins, and a user's types registered with
+:func:`~functional_bp.layers.register` (in the loading process too). A user's
+class that is not registered cannot be written (the error says how to
+register it), and a class of a built-in's name never replaces the built-in.
+Built-in activations are stored by name; a user's own activation (functions)
+cannot be stored and raises, naming the layer.
 
 Example::
 
@@ -20,20 +25,19 @@ import dataclasses
 
 from ..activations import ACTIVATIONS
 from .base import Layer
+from .registry import is_registered, layer_type
 from .sequential import Sequential
-
-
-def _registry():
-    def subclasses(cls):
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from subclasses(sub)
-
-    return {cls.__name__: cls for cls in subclasses(Layer)}
 
 
 def to_config(layer: Layer) -> dict:
     """The layer (or network) as a dict of its type and options, JSON-ready."""
+    if not is_registered(type(layer)):
+        raise ValueError(
+            f"{layer!r}: its type {type(layer).__name__} is not registered, so a checkpoint "
+            "could not rebuild it: register it first, functional_bp.layers.register("
+            f"{type(layer).__name__}, '{type(layer).__name__.lower()}'), in the process that "
+            "loads it too"
+        )
     if isinstance(layer, Sequential):
         return {"type": type(layer).__name__, "layers": [to_config(l) for l in layer.layers]}
     config = {"type": type(layer).__name__}
@@ -52,12 +56,8 @@ def to_config(layer: Layer) -> dict:
 
 def from_config(config: dict) -> Layer:
     """The layer (or network) that :func:`to_config` described."""
-    registry = _registry()
     kind = config.get("type") if isinstance(config, dict) else None
-    if kind not in registry:
-        raise ValueError(f"unknown layer type {kind!r} in a network description; known: "
-                         f"{sorted(registry)}")
-    cls = registry[kind]
+    cls = layer_type(kind)
     if issubclass(cls, Sequential):
         return cls(*(from_config(c) for c in config.get("layers", [])))
     options = {k: (tuple(v) if isinstance(v, list) else v)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +28,7 @@ from .base import Layer
 class Reshape(Layer):
     """Reshape each example to ``shape`` (one entry may be -1)."""
 
-    shape: Any
+    shape: tuple[int, ...]
 
     def __post_init__(self):
         shape = self.shape
