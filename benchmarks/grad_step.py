@@ -150,7 +150,11 @@ def hlo_summary(fn, *args) -> dict:
     instructions of the entry computation (fusions count as one); flops,
     bytes: XLA's own cost analysis.
     """
-    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled_summary(jax.jit(fn).lower(*args).compile())
+
+
+def compiled_summary(compiled) -> dict:
+    """:func:`hlo_summary` of a program already compiled (``jax.jit(f).lower(...).compile()``)."""
     text = compiled.as_text()
     entry = text[text.index("ENTRY"):]
     entry = entry[: entry.index("\n}") if "\n}" in entry else len(entry)]

@@ -96,7 +96,8 @@ def compare(
       blocks: number of blocks; each implementation runs once per block, in an
         order shuffled anew for every block.
       reps: samples per implementation per block.
-      min_sample_s: the shortest duration of one sample (see :func:`calibrate`).
+      min_sample_s: the shortest duration of one sample (see :func:`calibrate`);
+        0: one call per sample, without a calibration call (for steps of seconds).
       seed: seed of the block orders.
       settle_s: when given, each time the order switches to an
         implementation, wait this long and make one untimed call before its
@@ -116,7 +117,8 @@ def compare(
         for _ in range(warmup):
             fn()
     timings = {
-        name: Timing(name, calibrate(fn, min_sample_s)) for name, fn in impls.items()
+        name: Timing(name, calibrate(fn, min_sample_s) if min_sample_s > 0 else 1)
+        for name, fn in impls.items()
     }
     order = list(impls)
     rng = random.Random(seed)
