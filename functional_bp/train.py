@@ -898,11 +898,14 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
         raise ValueError(f"batch_size={batch_size!r} is for fit's default samplers; with "
                          f"sampler={type(sampler).__name__}(...), give the batch size to the "
                          "sampler")
-    if dp is not None and not sampler.private:
+    private = bool(getattr(sampler, "private", False))  # duck-typed samplers too
+    extra = getattr(sampler, "extra", lambda position: {})
+    unit = getattr(sampler, "unit", "epoch")
+    if dp is not None and not private:
         raise ValueError(f"dp= needs a private sampler; {type(sampler).__name__} draws its "
                          "batches without the Poisson sampling the accounting assumes: leave "
                          "sampler= out (fit(dp=) uses PoissonEpochs)")
-    if state.dp is not None and not sampler.private:
+    if state.dp is not None and not private:
         privacy.check_continued_privately(state.dp)
     sampler.prepare(FitCall(state, train, test, val, model, loss, optimizer, l2,
                             None if mesh is None else check_mesh(mesh), epochs, dp))
@@ -915,7 +918,7 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
         # queued while this one runs, and the metrics are read at the end.
         pending.append((position, metrics))
         if callback is not None:
-            history.append(_record(sampler.unit, *pending.pop(), sampler.extra(position)))
+            history.append(_record(unit, *pending.pop(), extra(position)))
             return call(history[-1], state)
         return False
 
@@ -923,10 +926,11 @@ def fit(state: TrainState, train, test=None, *, activations=None, network=None, 
     for end in (stops if not stop else ()):
         params, opt_state, metrics = sampler.advance(state.params, state.opt_state, state.key,
                                                      state.epoch, end)
-        state = TrainState(params, opt_state, state.key, int(end), sampler.dp_plan)
+        state = TrainState(params, opt_state, state.key, int(end),
+                           getattr(sampler, "dp_plan", None))
         if record(state.epoch, metrics):
             break
-    history.extend(_record(sampler.unit, p, m, sampler.extra(p)) for p, m in pending)
+    history.extend(_record(unit, p, m, extra(p)) for p, m in pending)
     return state, history
 
 
