@@ -551,6 +551,43 @@ SEQUENCE_DATA = ("sort", "text:PATH")
 """Token data: minGPT's sort task and a character-level text (see :mod:`functional_bp.text`)."""
 
 
+def is_token_data(name) -> bool:
+    """Whether ``name`` loads token data (:data:`SEQUENCE_DATA`): ``"sort"`` or ``"text:PATH"``.
+
+    Token data are never standardized and take a model of tokens (a GPT).
+
+    Example::
+
+        >>> is_token_data("sort"), is_token_data("text:input.txt"), is_token_data("digits")
+        (True, True, False)
+    """
+    name = os.fspath(name)
+    return name == "sort" or name.startswith("text:")
+
+
+def data_name(name) -> str:
+    """The name of a data set that loads the same from any folder (what a run records).
+
+    Built-in names (``"digits"``, ``"sort"``) are kept; a file path becomes
+    absolute, and so does the path of ``"text:PATH"`` (the prefix kept).
+
+    Example::
+
+        >>> import os
+        >>> data_name("sort"), data_name("digits")
+        ('sort', 'digits')
+        >>> data_name("text:input.txt") == "text:" + os.path.abspath("input.txt")
+        True
+    """
+    name = os.fspath(name)
+    if name in BUILTIN or name == "sort":
+        return name
+    if name.startswith("text:"):
+        path = name[len("text:"):]
+        return "text:" + os.path.abspath(path) if path else name
+    return os.path.abspath(name)
+
+
 def _sequence_data(name, seed, test_fraction, task, test, val_fraction):
     """``load_dataset`` for ``"sort"`` (a Dataset of tokens) and ``"text:PATH"`` (a CharCorpus)."""
     given = {k: v for k, v in (("test_fraction", test_fraction), ("test", test)) if v is not None}

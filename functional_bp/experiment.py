@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 
-from .datasets import BUILTIN
+from .datasets import data_name, is_token_data
 
 TRAIN_DEFAULTS = dict(
     data="digits", test_data=None, task="auto", test_fraction=None, split_seed=None,
@@ -44,7 +44,8 @@ TRAIN_DEFAULTS = dict(
     init="he", optimizer="adam", lr=1e-3, momentum=0.9, schedule="constant",
     warmup_steps=None, decay_rate=0.1, final_lr_fraction=0.0, batch_size=32, l2=0.0,
     seed=0, patience=None, dp_clip=None, dp_noise=None, dp_epsilon=None, dp_delta=None,
-    recipe=None,
+    recipe=None, max_iters=None, eval_interval=None, eval_iters=None, lr_decay_iters=None,
+    min_lr=None, warmup_iters=None, grad_clip=None, weight_decay=None,
 )
 """The configuration of a run with no options (what a resumed run keeps).
 
@@ -55,7 +56,10 @@ part; ``loss`` ``softmax_cross_entropy`` for classification and ``mse`` for
 regression; ``warmup_steps`` a tenth of the schedule's steps; ``patience``
 never stop early; ``dp_clip`` None: no differential privacy (``dp_delta`` None:
 the largest power of ten <= 1/(10 N)); ``recipe`` the name of the recipe the
-run started from (:mod:`functional_bp.recipes`), None for none. A run also
+run started from (:mod:`functional_bp.recipes`), None for none. The
+settings from ``max_iters`` on are those of a language-model run on token
+data (``sort``, ``text:PATH``; :mod:`functional_bp.lm_run`), None there
+meaning its defaults (nanoGPT's or minGPT's). A run also
 records ``schedule_steps``, the horizon T of its learning-rate schedule (None
 for ``constant``)."""
 
@@ -113,8 +117,8 @@ def _absolute_files(given):
     """Data files are recorded by absolute path (a resumed run works from any folder)."""
     given = dict(given)
     for k in ("data", "test_data"):
-        if given.get(k) is not None and given[k] not in BUILTIN:
-            given[k] = os.path.abspath(given[k])
+        if given.get(k) is not None:
+            given[k] = data_name(given[k])
     return given
 
 
@@ -289,7 +293,7 @@ def load_data(config):
         else:
             option = "data"
         raise ConfigError(option, message) from None
-    if config["standardize"]:
+    if config["standardize"] and not is_token_data(config["data"]):  # tokens stay tokens
         data, _, _ = standardize(data)
     return data
 
@@ -444,7 +448,8 @@ def plot_curves(history, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in history]
+    unit = "iter" if "iter" in history[0] else "epoch"
+    epochs = [r[unit] for r in history]
     panels = [("loss", "mean loss")]
     if "train_accuracy" in history[0]:
         panels.append(("accuracy", "accuracy"))
@@ -456,7 +461,7 @@ def plot_curves(history, path, title=""):
                 ax.plot(epochs, [r[key] for r in history], style, label=part)
         if metric == "loss":
             ax.set_yscale("log")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("iteration" if unit == "iter" else "epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -743,6 +748,16 @@ def train(config, *, out, resume=None, metadata=None, epochs=None, steps=None,
     except ImportError:
         raise ImportError("the curves need matplotlib: pip install 'functional_bp[train]'") \
             from None
+    if is_token_data(config["data"]):  # a language model: iterations (functional_bp.lm_run)
+        from . import lm_run
+
+        if epochs is not None or steps is not None or devices not in (None, 1):
+            option = "epochs" if epochs is not None else "steps" if steps is not None \
+                else "devices"
+            raise ConfigError(option, f"a language-model run on {config['data']!r} is "
+                              "measured in iterations: give --max-iters instead")
+        return lm_run.train(config, out=out, resume=resume, metadata=metadata, quiet=quiet,
+                            given=given)
     from .train import EarlyStopping, fit
 
     config = dict(config)

@@ -27,9 +27,11 @@ RUN_OPTIONS = ("out", "save_every", "resume", "quiet", "devices", "epochs", "ste
 
 def _data_options(p, d):
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="built-in name (digits, xor, moons, spirals, sine, mnist1d) "
-                   "or a .npz (X, y; optionally x_test, y_test) / .csv (last column the "
-                   f"target) file [{d['data']}]")
+    g.add_argument("--data", help="built-in name (digits, xor, moons, spirals, sine, mnist1d), "
+                   "a .npz (X, y; optionally x_test, y_test) / .csv (last column the "
+                   "target) file, or token data for a --model gpt: text:PATH (a UTF-8 text, "
+                   "characters as tokens, nanoGPT's split) or sort (minGPT's sorting demo) "
+                   f"[{d['data']}]")
     g.add_argument("--test-data", metavar="FILE", help="the test part from this file (same "
                    "format as --data) instead of a split of --data [none: split --data]")
     g.add_argument("--task", choices=["auto", "classification", "regression"],
@@ -100,6 +102,27 @@ def _optimization_options(p):
                    "validation loss [none: run every epoch]")
 
 
+def _language_model_options(p):
+    g = p.add_argument_group("language models (--data text:PATH or sort; iterations, AdamW)")
+    g.add_argument("--max-iters", type=positive_int, metavar="N",
+                   help="iterations of random batches [text 5000, sort 2000]")
+    g.add_argument("--eval-interval", type=positive_int, metavar="N",
+                   help="evaluate (and checkpoint) every N iterations and at the end [250]")
+    g.add_argument("--eval-iters", type=positive_int, metavar="N",
+                   help="text: random batches per split in each loss estimate [200]")
+    g.add_argument("--lr-decay-iters", type=positive_int, metavar="N",
+                   help="text: the cosine reaches --min-lr at this iteration [--max-iters]")
+    g.add_argument("--min-lr", type=non_negative_float, metavar="LR",
+                   help="text: the learning rate after the cosine decay [0.0001]")
+    g.add_argument("--warmup-iters", type=non_negative_int, metavar="N",
+                   help="text: iterations of linear warm-up [100]")
+    g.add_argument("--grad-clip", type=non_negative_float, metavar="C",
+                   help="clip the gradient to global norm C (0: off) [1.0]")
+    g.add_argument("--weight-decay", type=non_negative_float, metavar="L",
+                   help="AdamW's decoupled weight decay, on the parameters with two or more "
+                   "axes only [0.1]")
+
+
 def _privacy_options(p):
     g = p.add_argument_group("differential privacy (DP-SGD, Poisson sampling; needs the dp "
                              "extra)")
@@ -151,6 +174,7 @@ def add(sub):
     _data_options(p, TRAIN_DEFAULTS)
     _network_options(p)
     _optimization_options(p)
+    _language_model_options(p)
     _privacy_options(p)
     _run_options(p)
     return p
@@ -186,6 +210,8 @@ def _given(args):
 def _report(result, args):
     """The summary line (and the resume command of an interrupted run); the exit status."""
     s, good = experiment.summary, result.state
+    if result.history and "iter" in result.history[-1]:
+        return _report_iterations(result, args)
     if result.status == "diverged":
         bad = result.diverged
         print(f"functional-bp train: error: the loss became "
@@ -205,6 +231,30 @@ def _report(result, args):
     if result.status == "interrupted":
         command = ["functional-bp", "train", "--resume", result.paths["params.npz"],
                    "--epochs", str(result.end - n), "--out", args.out]
+        print(f"resume with: {shlex.join(command)}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _report_iterations(result, args):
+    """The summary of a language-model run (iterations); the exit status."""
+    last, n = result.history[-1], result.state.epoch
+    if result.status == "diverged":
+        print(f"functional-bp train: error: the loss became nan or infinite at iteration "
+              f"{result.diverged['iter']}; training stopped. {result.paths['params.npz']} "
+              f"holds iteration {n}, the last evaluated with a finite loss. Try a smaller "
+              f"--lr (now {result.config['lr']:g}).", file=sys.stderr)
+        return 1
+    held = "val_loss" if "val_loss" in last else "test_loss"
+    note = "" if result.best is None else f"; best at iter {result.best['iter']}: val loss " \
+        f"{result.best['val_loss']:.4f}"
+    outputs = "{metrics.json,params.npz,curves.png" + (",best.npz}" if result.best else "}")
+    print(f"{result.data.name}: {n} iterations ({result.status}), train loss "
+          f"{last['train_loss']:.4f}, {held.replace('_', ' ')} {last[held]:.4f}{note}, "
+          f"{result.seconds:.1f} s -> {args.out}/{outputs}")
+    if result.status == "interrupted":
+        command = ["functional-bp", "train", "--resume", result.paths["params.npz"],
+                   "--out", args.out]
         print(f"resume with: {shlex.join(command)}", file=sys.stderr)
         return 130
     return 0
