@@ -1,4 +1,4 @@
-"""The command line: ``functional-bp train``, ``check`` and ``bench``.
+"""The command line: ``functional-bp train``, ``sample``, ``check`` and ``bench``.
 
 One module per command, each a thin layer over library functions: a module
 ``functional_bp.cli.<name>`` has ``add(sub)``, which adds its subparser and
@@ -16,6 +16,9 @@ Examples (docs/cli.md has one for every option)::
     functional-bp train --data mnist1d --val-fraction 0.1 --patience 10 --schedule cosine
     functional-bp train --model "resmlp width=64 blocks=1"      # a named network, options
     functional-bp train --model "dense 64, relu, res(layernorm, dense 64, relu), dense 10"
+    functional-bp train --data sort --model "gpt n_layer=3 n_head=3 n_embd=48 dropout=0.1" \\
+        --batch-size 64 --lr 5e-4 --max-iters 2000 --out runs/sort   # minGPT's sort demo
+    functional-bp sample --from runs/shakespeare --prompt "ROMEO:" --tokens 200 --seed 1
     functional-bp check runs/digits/params.npz       # the per-layer proof
     functional-bp check runs/digits/params.npz --data digits   # ... on real rows
     functional-bp check --model resmlp --data digits            # a random network
@@ -30,7 +33,7 @@ import sys
 from ..experiment import TRAIN_DEFAULTS  # noqa: F401  (benchmarks read the defaults here)
 from ._args import UsageError
 
-COMMANDS = ("train", "check", "bench")
+COMMANDS = ("train", "sample", "check", "bench")
 """The commands, in the order of ``--help``: each the module ``functional_bp.cli.<name>``."""
 
 
