@@ -184,8 +184,10 @@ def list_recipes(file=None):
     """``--recipe list``: each recipe, what it reproduces, and its command."""
     for name in recipes.names():
         r = recipes.load(name)
+        data = "" if r.needs_data is None else f" --data {r.needs_data.split(',')[0]}"
         print(f"{name}\n    reproduces: {r.reproduces}\n    command: functional-bp "
-              f"{shlex.join(r.argv())} --seed S  (S in {list(r.seeds)})", file=file)
+              f"{shlex.join(r.argv())}{data} --seed S  (S in {list(r.seeds)})"
+              + ("" if r.needs_data is None else f"\n    --data: {r.needs_data}"), file=file)
     return 0
 
 
@@ -195,6 +197,8 @@ def _recipe(args, parser):
         recipe = recipes.load(args.recipe)
     except (KeyError, ValueError) as e:
         raise UsageError("--recipe", e.args[0]) from None
+    if recipe.needs_data and args.data is None and args.resume is None:
+        raise UsageError("--data", f"the recipe {recipe.name} needs --data {recipe.needs_data}")
     parsed = parser.parse_args(recipe.argv()[1:])
     settings = {k: getattr(parsed, k) for k in recipe.settings}
     if args.epochs is None and args.steps is None:

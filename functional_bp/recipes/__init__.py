@@ -12,7 +12,10 @@ a file (no list to edit). A recipe holds:
   ``--no-standardize``) and the run's length (:data:`RUN_LENGTH`);
 - optionally ``[suggest]``: settings which, given without a recipe, make the
   command line name this recipe (``--data mnist1d --model cnn`` names
-  ``mnist1d-cnn``).
+  ``mnist1d-cnn``);
+- optionally ``needs_data``: for a recipe whose data cannot ship with it (a
+  text file), what ``--data`` must be and where to get it; the command line
+  refuses the recipe without ``--data``, with that text.
 
 ``functional-bp train --recipe NAME`` starts from the recipe; every option
 given overrides it. In Python, :func:`load` reads one and
@@ -57,6 +60,8 @@ class Recipe:
       length: ``{"epochs": N}`` or ``{"steps": N}`` (empty: the default).
       suggest: settings that, given without a recipe, name this recipe.
       path: the file.
+      needs_data: what --data must be and where to get it, for a recipe whose
+        data do not ship with it (None: the recipe names its data).
     """
 
     name: str
@@ -66,6 +71,7 @@ class Recipe:
     length: dict
     suggest: dict
     path: Path
+    needs_data: str | None = None
 
     @property
     def epochs(self):
@@ -115,7 +121,7 @@ def load(name: str) -> Recipe:
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML: {e}") from None
     train = doc.get("train")
-    extra = set(doc) - {"reproduces", "seeds", "train", "suggest"}
+    extra = set(doc) - {"reproduces", "seeds", "train", "suggest", "needs_data"}
     if not isinstance(train, dict) or extra or not isinstance(doc.get("reproduces"), str):
         raise ValueError(f"{path}: a recipe has a 'reproduces' text, a [train] table and "
                          f"optionally 'seeds' and [suggest]; got {sorted(doc)}")
@@ -130,7 +136,7 @@ def load(name: str) -> Recipe:
         raise ValueError(f"{path}: give the run's length once ({' or '.join(RUN_LENGTH)})")
     settings = {k: v for k, v in train.items() if k not in RUN_LENGTH}
     return Recipe(path.stem, doc["reproduces"], tuple(doc.get("seeds", ())), settings,
-                  length, dict(doc.get("suggest", {})), path)
+                  length, dict(doc.get("suggest", {})), path, doc.get("needs_data"))
 
 
 def suggestion(config) -> Recipe | None:
