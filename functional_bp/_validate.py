@@ -268,6 +268,31 @@ def _host_values(v):
     return np.asarray(v)
 
 
+@jax.jit
+def _min_max(v):
+    return jnp.min(v), jnp.max(v)
+
+
+def _value_range(v, on_device=None):
+    """``(min, max)`` of ``v``'s values when they are known at the call, else None.
+
+    NumPy arrays and JAX arrays on the host are read directly; a JAX array on
+    an accelerator is reduced there (``on_device`` None: decided by where it
+    lives), so only two numbers cross to the host. Empty, traced or not fully
+    addressable arrays give None.
+    """
+    if isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer) \
+            and v.is_fully_addressable and v.size and (
+                any(d.platform != "cpu" for d in v.devices()) if on_device is None
+                else on_device):
+        low, high = jax.device_get(_min_max(v))
+        return low, high
+    values = _host_values(v)
+    if values is None or values.size == 0:
+        return None
+    return values.min(), values.max()
+
+
 def _is_integer_array(v) -> bool:
     dtype = getattr(v, "dtype", None)
     if dtype is None:
@@ -290,10 +315,10 @@ def check_token_values(net, x, where: str = "x"):
     while isinstance(layer, Sequential):
         layer, name = layer.layers[0], name + ["layer 1"]
     vocab = getattr(layer, "vocab_size", None)
-    values = None if vocab is None else _host_values(x)
-    if values is None or values.size == 0:
+    known = None if vocab is None else _value_range(x)
+    if known is None:
         return
-    low, high = values.min(), values.max()
+    low, high = known
     if low < 0 or high >= vocab:
         bad = (f"the largest index is {high}" if high >= vocab else
                f"the smallest index is {low} (negative indices are not counted from the end)")
@@ -326,11 +351,11 @@ def check_label_values(y, out_shape, where: str = "y"):
         lowest = -1  # a sequence: -1 marks an unscored position
     else:
         return
-    values = _host_values(y)
-    if values is None or values.size == 0:
+    known = _value_range(y)
+    if known is None:
         return
     n_L = out_shape[-1]
-    low, high = values.min(), values.max()
+    low, high = known
     if low < lowest or high >= n_L:
         bad = f"the largest label is {high}" if high >= n_L else f"the smallest label is {low}"
         also = ", or -1 for a position that is not scored," if lowest == -1 else ""

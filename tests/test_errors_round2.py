@@ -464,3 +464,12 @@ def test_fit_refuses_non_finite_data_and_a_bad_learning_rate():
     for rate in (-1.0, float("nan"), float("inf"), 0):
         with pytest.raises(ValueError, match=r"sgd\(learning_rate\): a finite number > 0"):
             sgd(rate)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_value_range_on_the_host_and_on_the_device(on_device):
+    """The accelerator route (a reduction, two numbers to the host) and the host route agree."""
+    v = jnp.array([[3, -2], [7, 0]])
+    assert tuple(map(int, _validate._value_range(v, on_device))) == (-2, 7)
+    assert _validate._value_range(jnp.zeros((0, 3), jnp.int32), on_device) is None
+    assert _validate._value_range(np.array([4, 1]), on_device) == (1, 4)
