@@ -241,3 +241,26 @@ def test_gpt_data_parallel_equals_one_device(m):
         J_one, one = fbp.value_and_grad(params, (x, y), **kw)
         assert_tree_close(J, J_one, rtol_for(jnp.float64), "loss")
         assert_tree_close(grads, one, rtol_for(jnp.float64), "grads")
+
+
+def test_gpt_data_parallel_fit_equals_one_device():
+    """fit(mesh=...) of a GPT on token windows equals fit() on one device (float64)."""
+    from functional_bp import models
+    from functional_bp.train import fit, init_state, sgd
+
+    net = models.gpt(vocab_size=7, block_size=5, n_layer=1, n_head=2, n_embd=8)
+    with jax.enable_x64(True):
+        params = net.init(jax.random.key(3), (5,), dtype=jnp.float64)
+        x = jax.random.randint(jax.random.key(4), (23, 5), 0, 7)
+        y = jnp.concatenate([x[:, 1:], jnp.full((23, 1), -1, x.dtype)], axis=1)  # next token
+        opt = sgd(0.5)
+        kw = dict(network=net, loss="softmax_cross_entropy", optimizer=opt, epochs=2,
+                  batch_size=6)
+        ks = jax.random.key(5)
+        one, hist_one = fit(init_state(params, optimizer=opt, key=ks), (x, y), **kw)
+        many, hist_many = fit(init_state(params, optimizer=opt, key=ks), (x, y),
+                              mesh=parallel.data_mesh(), **kw)
+        assert_tree_close(many.params, one.params, rtol_for(jnp.float64), "trained params")
+        moved = jax.tree.map(lambda a, b: a - b, one.params, params)
+        assert max(float(jnp.max(jnp.abs(d))) for d in jax.tree.leaves(moved)) > 1e-3
+        assert abs(hist_many[-1]["train_loss"] - hist_one[-1]["train_loss"]) <= 1e-10

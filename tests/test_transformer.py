@@ -441,3 +441,18 @@ def test_gpt_network_survives_a_checkpoint_config():
     net = models.gpt(vocab_size=7, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.1,
                      bias=False, activation="gelu_tanh")
     assert fl.from_config(fl.to_config(net)) == net
+
+
+def test_text_form_writes_an_attention_block():
+    text = ("embedding 11 8, posemb 6, res(layernorm bias=false, dense 24 bias=false, "
+            "attention 2 causal=false, dense 8), res(layernorm, dense 32, gelu_tanh, dense 8), "
+            "layernorm, dense 11 bias=false")
+    want = fl.Sequential(
+        fl.Embedding(11, 8), fl.PositionalEmbedding(6),
+        fl.Residual(fl.LayerNorm(bias=False), fl.Dense(24, bias=False),
+                    fl.Attention(2, causal=False), fl.Dense(8)),
+        fl.Residual(fl.LayerNorm(), fl.Dense(32), fl.Activation("gelu_tanh"), fl.Dense(8)),
+        fl.LayerNorm(), fl.Dense(11, bias=False))
+    assert models.build(text) == want
+    assert models.build("gpt n_layer=2 n_head=2 n_embd=8 block_size=6", 11) == models.gpt(
+        vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
