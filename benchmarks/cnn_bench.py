@@ -15,14 +15,26 @@ paired ratios), each a jitted call on arrays already on the device:
 - ``value_and_grad``: ``fbp.value_and_grad(..., network=)`` (ours);
 - ``jax.value_and_grad``: ``jax.jit(jax.value_and_grad(fbp.objective))``
   (target: ours / this <= 1.10);
-- ``clipped_grad``: ``fbp.clipped_grad`` (clip norm 1, no noise);
+- ``clipped_grad``: ``fbp.clipped_grad`` (clip norm 1, no noise; target:
+  clipped_grad / our value_and_grad <= 1.30);
+- ``clipped_grad + noise``: the same with noise multiplier 1 (the private
+  step's gradient);
 - ``vmap(grad) + clip``: ``jax.vmap(jax.grad)`` of the one-example objective,
-  then the norms, the clip factors and the mean.
+  then the norms, the clip factors and the mean;
+- ``noise: jax.random.normal``: one Gaussian per parameter, one key per leaf
+  as the private step draws them (jitted), against ``noise: NumPy`` (the same
+  number of float32 normals from ``numpy.random.Generator.standard_normal``,
+  the floor on this machine), in the same alternating blocks;
+- ``norm: layer i``: each convolution's per-example squared norm alone
+  (``layer.sq_norms`` on arrays of its cache's and cotangent's shapes), with
+  the form it chose (Gram or direct) and both forms' multiply-adds per
+  example: where the clipped gradient's extra time goes, layer by layer.
 
 The notes compare the compiled programs (XLA's optimised HLO): the number of
 each kind of heavy operation (convolutions, dots, scatters, gathers,
-reduce-windows, select-and-scatters, pads), which is where a gap between two
-programs computing the same gradient comes from.
+reduce-windows, select-and-scatters, pads), and XLA's flop and byte counts
+(``cost_analysis``), which is where a gap between two programs computing the
+same gradient comes from.
 
     python benchmarks/cnn_bench.py               # writes the "CNN benchmark" block of RESULTS.md
     python benchmarks/cnn_bench.py --quick --out /tmp/r.md
@@ -31,6 +43,7 @@ programs computing the same gradient comes from.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -44,6 +57,7 @@ import report  # noqa: E402
 import timing  # noqa: E402
 
 TARGET = 1.10
+PRIVATE_TARGET = 1.30  # clipped_grad / our value_and_grad
 OPS = ("convolution", "dot", "scatter", "gather", "reduce-window", "select-and-scatter",
        "pad", "slice", "fusion")
 
@@ -68,9 +82,34 @@ def op_counts(compiled) -> Counter:
     return counts
 
 
+def conv_norms(net, input_shape, m):
+    """{label: (jitted sq_norms, args, form, costs)} for each convolution of a flat network."""
+    import jax
+    import jax.numpy as jnp
+
+    from functional_bp.layers.base import abstract_init
+    from functional_bp.layers.conv import Conv1D, Conv2D
+
+    out, shape = {}, tuple(input_shape)
+    keys = iter(jax.random.split(jax.random.key(1), 3 * len(net.layers)))
+    for i, layer in enumerate(net.layers):
+        _, out_shape = abstract_init(layer, shape)
+        if isinstance(layer, (Conv1D, Conv2D)):
+            params = layer.init(next(keys), shape)[0]
+            x = jax.random.normal(next(keys), (m, *shape), jnp.float32)
+            dy = jax.random.normal(next(keys), (m, *out_shape), jnp.float32)
+            f = jax.jit(lambda p, x, dy, layer=layer: layer.sq_norms(p, x, dy))
+            label = f"norm: layer {i} ({type(layer).__name__})"
+            out[label] = (f, (params, x, dy), layer.norm_form(shape), layer.norm_costs(shape),
+                          shape)
+        shape = tuple(out_shape)
+    return out
+
+
 def measure(name, net, input_shape, m, *, clip_norm, timing_kw, log):
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     import functional_bp as fbp
     from functional_bp import _validate
@@ -86,6 +125,17 @@ def measure(name, net, input_shape, m, *, clip_norm, timing_kw, log):
     ours_vg = jax.jit(lambda p, x, y: fbp.value_and_grad(p, (x, y), **kw))
     ref_vg = jax.jit(jax.value_and_grad(lambda p, x, y: fbp.objective(p, (x, y), **kw)))
     ours_clip = jax.jit(lambda p, x, y: fbp.clipped_grad(p, (x, y), clip_norm=clip_norm, **kw))
+    ours_noisy = jax.jit(lambda p, x, y, k: fbp.clipped_grad(p, (x, y), clip_norm=clip_norm,
+                                                            noise_multiplier=1.0, key=k, **kw))
+    leaves = jax.tree_util.tree_leaves(params)
+    n_params = sum(v.size for v in leaves)
+
+    @jax.jit
+    def jax_noise(key):  # one Gaussian per parameter, one key per leaf (as the private step)
+        keys = jax.random.split(key, len(leaves))
+        return [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)]
+
+    rng = np.random.default_rng(0)
 
     def L_i(p, x_i, y_i):
         return objective_from_arrays(net, p, x_i[None], y_i[None], 0.0, loss)
@@ -101,8 +151,10 @@ def measure(name, net, input_shape, m, *, clip_norm, timing_kw, log):
     calls = {"value_and_grad": (ours_vg, (params, x, y)),
              "jax.value_and_grad": (ref_vg, (params, x, y)),
              "clipped_grad": (ours_clip, (params, x, y)),
+             "clipped_grad + noise": (ours_noisy, (params, x, y, jax.random.key(2))),
              "vmap(grad) + clip": (vmap_clip, (params, x, y1))}
     compiled = {k: f.lower(*a).compile() for k, (f, a) in calls.items()}
+    norms = conv_norms(net, input_shape, m)
     # agreement first: the same numbers, or the timing means nothing
     agree = {}
     for a_name, b_name in (("value_and_grad", "jax.value_and_grad"),
@@ -114,10 +166,21 @@ def measure(name, net, input_shape, m, *, clip_norm, timing_kw, log):
                             for u, v in zip(a, b))
     log(f"{name}: agreement {agree}")
     impls = {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in calls.items()}
+    impls["noise: jax.random.normal"] = lambda: jax.block_until_ready(
+        jax_noise(jax.random.key(3)))
+    impls["noise: NumPy"] = lambda: rng.standard_normal(n_params, dtype=np.float32)
+    for k, (f, a, *_) in norms.items():
+        impls[k] = lambda f=f, a=a: jax.block_until_ready(f(*a))
     t = timing.compare(impls, **timing_kw)
     for k, v in t.items():
-        log(f"  {k:<20} {report.fmt_time(v.median)}")
-    return {"timings": t, "agree": agree,
+        log(f"  {k:<28} {report.fmt_time(v.median)}")
+    cost = {}
+    for k, c in compiled.items():
+        ca = c.cost_analysis()
+        ca = (ca[0] if isinstance(ca, (list, tuple)) else ca) or {}
+        cost[k] = (ca.get("flops", float("nan")), ca.get("bytes accessed", float("nan")))
+    return {"timings": t, "agree": agree, "n_params": n_params, "cost": cost,
+            "norms": {k: v[2:] for k, v in norms.items()},
             "ops": {k: op_counts(c) for k, c in compiled.items()},
             "temp": {k: (c.memory_analysis().temp_size_in_bytes
                          if c.memory_analysis() is not None else float("nan"))
@@ -125,40 +188,69 @@ def measure(name, net, input_shape, m, *, clip_norm, timing_kw, log):
 
 
 def render(results, *, command, machine, versions, elapsed):
-    rows, notes = [], []
+    rows, noise_rows, notes = [], [], []
     for name, r in results.items():
         t = r["timings"]
         ratio = timing.paired_ratio(t["value_and_grad"], t["jax.value_and_grad"])
         speedup = timing.paired_ratio(t["vmap(grad) + clip"], t["clipped_grad"])
         private = timing.paired_ratio(t["clipped_grad"], t["value_and_grad"])
+        noisy = timing.paired_ratio(t["clipped_grad + noise"], t["value_and_grad"])
         rows.append((name, report.fmt_time(t["value_and_grad"].median),
                      report.fmt_time(t["jax.value_and_grad"].median),
                      f"**{ratio:.2f}** ({'meets' if ratio <= TARGET else 'misses'} "
                      f"<= {TARGET:.2f})",
                      report.fmt_time(t["clipped_grad"].median),
                      report.fmt_time(t["vmap(grad) + clip"].median),
-                     f"{speedup:.1f}x", f"{private:.2f}x"))
+                     f"{speedup:.1f}x",
+                     f"**{private:.2f}x** ({'meets' if private <= PRIVATE_TARGET else 'misses'} "
+                     f"<= {PRIVATE_TARGET:.2f})",
+                     f"{noisy:.2f}x"))
+        jn, npn = t["noise: jax.random.normal"], t["noise: NumPy"]
+        noise_rows.append((name, f"{r['n_params']:,}", report.fmt_time(jn.median),
+                           report.fmt_time(npn.median), f"{timing.paired_ratio(jn, npn):.2f}",
+                           f"{jn.median / t['value_and_grad'].median:.3f}",
+                           f"{npn.median / t['value_and_grad'].median:.3f}"))
         ops = r["ops"]
         kinds = [k for k in OPS if any(ops[i][k] for i in ops)]
         notes.append(f"**{name}**: largest relative difference, ours against the reference: "
                      f"value_and_grad {r['agree']['value_and_grad']:.1e}, clipped_grad "
                      f"{r['agree']['clipped_grad']:.1e}. Compiled programs (optimised HLO "
-                     "instructions of each kind; temporary memory):")
+                     "instructions of each kind; XLA's flop and byte counts; temporary memory):")
         notes.append("")
         notes.append(report.table(
-            ["program"] + kinds + ["temp memory"],
-            [(k, *(ops[k][o] for o in kinds), report.fmt_bytes(r["temp"][k])) for k in ops]))
+            ["program"] + kinds + ["GFLOP", "MB accessed", "temp memory"],
+            [(k, *(ops[k][o] for o in kinds), f"{r['cost'][k][0] / 1e9:.2f}",
+              f"{r['cost'][k][1] / 1e6:.0f}", report.fmt_bytes(r["temp"][k])) for k in ops]))
         notes.append("")
+        if r["norms"]:
+            step = t["value_and_grad"].median
+            notes.append(f"**{name}**, each convolution's per-example norm alone (batch of the "
+                         "problem; multiply-adds per example of each form; time and share of "
+                         "our value_and_grad):")
+            notes.append("")
+            notes.append(report.table(
+                ["layer", "input (per example)", "Gram P^2 (K c_in + c_out)",
+                 "direct P K c_in c_out", "form", "time", "/ value_and_grad"],
+                [(k.removeprefix("norm: "), str(shape), f"{c['gram']:,}", f"{c['direct']:,}",
+                  form, report.fmt_time(t[k].median), f"{t[k].median / step:.2f}")
+                 for k, (form, c, shape) in r["norms"].items()]))
+            notes.append("")
     return "\n".join([
         f"{report.now()}, {elapsed:.0f} s in all. Command:", "",
         f"```\n{command}\n```", "",
         "Float32, jitted calls, times per call (median over alternating blocks); ratio = "
         "ours / jax.jit(jax.value_and_grad(objective)), paired by block; vmap speedup = "
         "the jax.vmap(jax.grad) route's time / clipped_grad's; privacy cost = clipped_grad / "
-        "our value_and_grad.", "",
+        "our value_and_grad (no noise; with noise multiplier 1 in the last column).", "",
         report.table(["problem", "value_and_grad", "jax.value_and_grad", "ratio",
-                      "clipped_grad", "vmap(grad) + clip", "vmap speedup", "privacy cost"],
+                      "clipped_grad", "vmap(grad) + clip", "vmap speedup", "privacy cost",
+                      "with noise"],
                      rows), "",
+        "The noise: one Gaussian per parameter with jax.random.normal (jitted, one key per "
+        "leaf) against as many float32 normals from NumPy's Generator.standard_normal, in the "
+        "same blocks; ratio paired by block; each also as a fraction of our value_and_grad.", "",
+        report.table(["problem", "parameters", "jax.random.normal", "NumPy", "ratio",
+                      "jax / step", "NumPy / step"], noise_rows), "",
         *notes,
         report.kv_table(machine + versions),
     ])
@@ -188,6 +280,7 @@ def main(argv=None):
         del args[i:i + 2]
     command = ("python benchmarks/cnn_bench.py " + " ".join(args)).strip()
     label = a.label or f"CNN benchmark: {report.default_label()}"
+    machine.append(("load average at end", " ".join(f"{v:.2f}" for v in os.getloadavg())))
     body = f"## {label}\n\n" + render(results, command=command, machine=machine,
                                        versions=report.versions(),
                                        elapsed=time.perf_counter() - t0)

@@ -385,8 +385,8 @@ class _Conv(Layer):
 
         ``form`` None takes :meth:`norm_form`'s choice for X's shape. The bias
         adds ||1^T G_n||^2. (A convolution with one feature group per example
-        computes the direct form too; on CPU, XLA runs it several times
-        slower than the per-tap products.)
+        computes the direct form too, but XLA's CPU backend runs it slower
+        than the per-tap products.)
         """
         x, m = cache, cache.shape[0]
         form = self.norm_form(x.shape[1:]) if form is None else form
