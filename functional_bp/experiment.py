@@ -208,10 +208,13 @@ def check_fits(net, input_shape, n_outputs, option, what):
     except (ValueError, TypeError) as e:
         raise ConfigError(option, f"{what} does not take examples of shape "
                           f"{tuple(input_shape)}: {e}") from None
-    if n_outputs is not None and out != (n_outputs,):
+    # a sequence model maps (T,) tokens or (T, C) features to (T, n_outputs)
+    sequence = (len(out) == 2 and len(input_shape) >= 1 and out[0] == input_shape[0])
+    if n_outputs is not None and out != (n_outputs,) and not (sequence and out[1] == n_outputs):
         raise ConfigError(option, f"{what} maps an example of shape {tuple(input_shape)} to "
-                          f"shape {out}; the data need ({n_outputs},): end the stack with "
-                          f"a flatten and a dense {n_outputs}")
+                          f"shape {out}; the data need ({n_outputs},) (or "
+                          f"({input_shape[0] if input_shape else 'T'}, {n_outputs}) per position "
+                          f"for a sequence): end the stack with a flatten and a dense {n_outputs}")
 
 
 def network(text, input_shape, n_outputs, output_activation=None, option="model"):
@@ -250,10 +253,10 @@ def resumed_network(path, meta, input_shape, n_outputs):
 
 
 def has_dropout(net):
-    """Whether any layer of ``net`` is a Dropout."""
+    """Whether any layer of ``net`` is a Dropout with a rate above 0 (rate 0 is the identity)."""
     from .layers import Dropout
 
-    return any(isinstance(layer, Dropout) for layer in net.leaves())
+    return any(isinstance(layer, Dropout) and layer.rate > 0 for layer in net.leaves())
 
 
 def dense_chain(config, data):

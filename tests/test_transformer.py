@@ -456,3 +456,14 @@ def test_text_form_writes_an_attention_block():
     assert models.build(text) == want
     assert models.build("gpt n_layer=2 n_head=2 n_embd=8 block_size=6", 11) == models.gpt(
         vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
+
+
+def test_cli_check_runs_the_gradient_check_on_a_gpt(capsys):
+    from functional_bp.cli import main
+
+    code = main(["check", "--model", "gpt n_layer=1 n_head=2 n_embd=8 dropout=0.1",
+                 "--input-shape", "6", "--outputs", "5", "--batch", "3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PASS" in out and "layer 1 W" in out and "(5, 8)" in out   # the embedding's table
+    assert "dropout on" in out

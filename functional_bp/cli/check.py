@@ -120,11 +120,11 @@ def _network_outputs(net, input_shape, option):
     except ConfigError as e:
         raise UsageError(option, e.message) from None
     out = tuple(net.output_shape(tuple(input_shape)))
-    if len(out) != 1:
+    if len(out) != 1 and not (len(out) == 2 and out[0] == tuple(input_shape)[0]):
         raise UsageError(option, f"the network maps an example to shape {out}; the losses "
-                         "take one vector of outputs per example (end with a flatten and a "
-                         "dense layer)")
-    return out[0]
+                         "take one vector of outputs per example, or one per position of a "
+                         "sequence (end with a flatten and a dense layer)")
+    return out[-1]
 
 
 def _checkpoint_network(args, data, default_loss):
@@ -211,8 +211,11 @@ def _check_network(args, data=None):
     return _random_network(args, data, default_loss)
 
 
-def _random_batch(key, m, input_shape, n_L, loss, dtype, vocab_size=None):
-    """Random rows: x normal (integers below ``vocab_size`` for an embedding), y by loss."""
+def _random_batch(key, m, input_shape, n_L, loss, dtype, vocab_size=None, positions=()):
+    """Random rows: x normal (integers below ``vocab_size`` for an embedding), y by loss.
+
+    ``positions``: ``(T,)`` for a sequence model (outputs (m, T, n_L)), else ``()``.
+    """
     import jax
 
     kx, ky = jax.random.split(key)
@@ -220,13 +223,25 @@ def _random_batch(key, m, input_shape, n_L, loss, dtype, vocab_size=None):
         x = jax.random.normal(kx, (m, *input_shape), dtype)
     else:
         x = jax.random.randint(kx, (m, *input_shape), 0, vocab_size)
-    if loss == "softmax_cross_entropy":
-        y = jax.nn.one_hot(jax.random.randint(ky, (m,), 0, n_L), n_L, dtype=dtype)
+    rows = (m, *positions)   # a sequence model's outputs: one row per position
+    if loss == "softmax_cross_entropy" and positions:  # labels, a quarter not scored (-1)
+        y = jax.random.randint(ky, rows, -(n_L // 3 + 1), n_L).clip(-1)
+    elif loss == "softmax_cross_entropy":
+        y = jax.nn.one_hot(jax.random.randint(ky, rows, 0, n_L), n_L, dtype=dtype)
     elif loss == "sigmoid_cross_entropy":
-        y = jax.random.bernoulli(ky, 0.5, (m, n_L)).astype(dtype)
+        y = jax.random.bernoulli(ky, 0.5, (*rows, n_L)).astype(dtype)
     else:
-        y = jax.random.normal(ky, (m, n_L), dtype)
+        y = jax.random.normal(ky, (*rows, n_L), dtype)
     return x, y
+
+
+def _positions(checked):
+    """``(T,)`` when the checked network outputs one row per position of a sequence."""
+    net = checked.model.get("network")
+    if net is None:
+        return ()
+    out = tuple(net.output_shape(checked.input_shape))
+    return out[:1] if len(out) == 2 else ()
 
 
 def run(args, parser=None):
@@ -264,7 +279,8 @@ def run(args, parser=None):
             batch = _random_batch(jax.random.key(args.seed + 1), args.batch,
                                   checked.input_shape, checked.n_L, checked.loss, dtype,
                                   vocab_size=getattr(first, "vocab_size", None)
-                                  if getattr(first, "integer_input", False) else None)
+                                  if getattr(first, "integer_input", False) else None,
+                                  positions=_positions(checked))
         else:
             batch = _data_batch(args, data, checked.input_shape, checked.n_L, dtype)
         report = check_gradients(params, batch, **checked.model, loss=checked.loss,
