@@ -36,7 +36,7 @@ LAYERS = [
     ["network", "_validate", "mlp", "backprop", "checkpoint", "checking", "custom_vjp",
      "columns"],
     ["per_example", "parallel", "privacy", "models", "datasets", "text"],
-    ["train", "experiment", "recipes"],
+    ["train", "experiment", "recipes", "lm", "lm_run"],
     ["cli", "bench", "__main__"],
 ]
 
@@ -64,7 +64,9 @@ def _layer(module: str):
 
 
 def _in_order():
-    return sorted((_module_name(p) for p in _files()), key=lambda m: (_layer(m), m))
+    """The placed modules in layer order (an unplaced one fails test_every_module_has_a_layer)."""
+    placed = [m for m in map(_module_name, _files()) if _layer(m) is not None]
+    return sorted(placed, key=lambda m: (_layer(m), m))
 
 
 def test_every_module_has_a_layer():
@@ -84,7 +86,7 @@ _PROBE = textwrap.dedent("""
 
     def layer(m):
         top = m.split(".")[1]
-        return next(i for i, names in enumerate(layers) if top in names)
+        return next((i for i, names in enumerate(layers) if top in names), 0)
 
     for target in order:
         if target.endswith("__main__"):
@@ -171,6 +173,8 @@ def test_every_import_goes_to_the_same_layer_or_below():
     wrong = []
     for path in _files():
         me = _module_name(path)
+        if _layer(me) is None:  # reported by test_every_module_has_a_layer
+            continue
         for line, inside, target, _ in _imports(path):
             if target == "functional_bp":  # the root package: __version__ only
                 continue
