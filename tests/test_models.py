@@ -83,6 +83,7 @@ def test_text_form_options_come_from_the_dataclass_fields():
     assert models.build("maxpool1d 2 stride=none", 1).layers == (fl.MaxPool1D(2),)
     assert models.build("mlp hidden=32,16 activation=tanh", 3) == models.mlp(
         3, hidden=(32, 16), activation="tanh")
+    assert models.build("mlp hidden= scale=0.5", 3) == models.mlp(3, hidden=(), scale=0.5)
 
 
 def test_every_word_is_in_the_error_for_an_unknown_one():
@@ -122,6 +123,9 @@ def test_every_word_is_in_the_error_for_an_unknown_one():
     ("resmlp blocks=1 blocks=2", r"blocks is given twice"),
     ("resmlp depth=2", r"resmlp takes width=100, blocks=2, activation=relu"),
     ("resmlp width=wide", r"width \(like its default width=100\): an integer; got 'wide'"),
+    ("mlp hidden=64,x", r"hidden \(like its default hidden=100,100\): an integer; got 'x'"),
+    ("mlp hidden=64,,8", r"hidden .*: an integer; got ''"),
+    ("reshape 4x", r"'reshape 4x': shape: an integer; got '4x'"),
 ])
 def test_text_form_errors_name_the_problem(text, message):
     with pytest.raises(ValueError, match=message):

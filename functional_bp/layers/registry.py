@@ -10,7 +10,7 @@ each read by its type annotation:
 - ``int``, ``float``, ``str``: the number or the text; ``bool``: ``true`` or
   ``false`` (also ``1``/``0``, ``yes``/``no``);
 - ``tuple[int, ...]``: the rest of the positional arguments (``reshape 40 1``),
-  or ``AxB`` as one value;
+  or one value ``AxB`` or ``A,B`` (empty: the empty tuple);
 - anything else (``Any``): an integer, a number, ``AxB`` for a tuple of
   integers (``3x3``), ``none``, or the text itself (``padding=same``).
 
@@ -230,7 +230,10 @@ def parse_value(text: str, hint, where: str):
     if _is_tuple(hint):
         args = typing.get_args(hint)
         item = args[0] if args else Any
-        return tuple(parse_value(p, item, where) for p in re.split(r"[x,]", low) if p)
+        if not low:
+            return ()  # mlp's hidden= : no hidden layers
+        parts = low.split(",") if "," in low else low.split("x")  # 64,64 or 3x3
+        return tuple(parse_value(p, item, where) for p in parts)
     if low == "none":
         return None
     for kind in (int, float):
