@@ -255,14 +255,17 @@ def run_ours(data: Path, seed: int, max_iters: int, work: Path,
              eval_interval: int | None = None) -> dict:
     """One seed of ours: ``functional-bp train`` with the issue's exact flags, then ``sample``.
 
-    OUR SIDE, TO BE WIRED: this calls the command line as the issue states
-    it (``train --data text:PATH --model "gpt ..." --max-iters ...``) and
-    reads back the ``metrics.json`` it is to write (``evals`` as a list of
-    ``{"iter", "train_loss", "val_loss"}``, ``val_loss``, ``train_loss``,
-    ``train_seconds``), then ``sample --from DIR --tokens 500 --seed S``.
-    Until the trainer's iteration mode and the ``gpt`` model exist, the
-    command fails and :func:`main` reports our side as not run, with the
-    command's error; it never makes numbers up.
+    It calls the command line as the issue states it (``train --data
+    text:PATH --model "gpt ..." --max-iters ...``, the recipe
+    ``shakespeare-char-cpu`` with ``--data``; :mod:`functional_bp.lm_run`)
+    and reads back its ``metrics.json`` (``evals``, a list of ``{"iter",
+    "train_loss", "val_loss"}``; ``val_loss``, ``train_loss``;
+    ``train_seconds``, the wall time of the training loop, compilation and
+    evaluations included), then ``sample --from DIR --tokens 500 --seed S``
+    (decoded with the vocabulary saved in the checkpoint; ``best.npz``, the
+    evaluation with the lowest validation loss). A command that fails is
+    reported by :func:`main` as not run, with its error; it never makes
+    numbers up.
     """
     out = work / f"ours-seed{seed}"
     cmd = [sys.executable, "-m", "functional_bp", "train", "--data", f"text:{data}",
