@@ -467,3 +467,23 @@ def test_cli_check_runs_the_gradient_check_on_a_gpt(capsys):
     assert code == 0, out
     assert "PASS" in out and "layer 1 W" in out and "(5, 8)" in out   # the embedding's table
     assert "dropout on" in out
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: fl.Dense(3, bias="no"), r"Dense\(bias\): True or False"),
+    (lambda: fl.LayerNorm(bias=0), r"LayerNorm\(bias\): True or False"),
+    (lambda: fl.Attention(2, causal="yes"), r"Attention\(causal\): True or False"),
+    (lambda: fl.Attention(0), r"Attention\(num_heads\): a positive integer"),
+    (lambda: fl.PositionalEmbedding(4, scale=float("nan")), r"PositionalEmbedding\(scale\)"),
+    (lambda: fl.PositionalEmbedding(4, scale=-1.0), r"PositionalEmbedding\(scale\)"),
+    (lambda: fl.PositionalEmbedding(0), r"PositionalEmbedding\(max_length\)"),
+])
+def test_transformer_layer_options_are_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_numpy_options_become_python_values():
+    att = fl.Attention(np.int64(2), causal=np.bool_(False))
+    assert type(att.num_heads) is int and att.causal is False
+    assert fl.from_config(fl.to_config(fl.Sequential(att))) == fl.Sequential(fl.Attention(2, False))

@@ -59,8 +59,7 @@ import math
 
 import jax.numpy as jnp
 
-from .base import Layer
-from .embedding import _positive_int
+from .base import Layer, flag, positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +75,8 @@ class Attention(Layer):
     causal: bool = True
 
     def __post_init__(self):
-        if not _positive_int(self.num_heads):
-            raise ValueError(f"Attention(num_heads): a positive integer; got {self.num_heads!r}")
-        if not isinstance(self.causal, bool):
-            raise ValueError(f"Attention(causal): True or False; got {self.causal!r}")
+        object.__setattr__(self, "num_heads", positive_int("Attention(num_heads)", self.num_heads))
+        object.__setattr__(self, "causal", flag("Attention(causal)", self.causal))
 
     def init(self, key, input_shape, dtype=jnp.float32):
         return {}, (*input_shape[:-1], input_shape[-1] // 3)

@@ -125,6 +125,16 @@ def positive_int(where: str, value) -> int:
     raise ValueError(f"{where}: a positive integer; got {value!r}")
 
 
+def flag(where: str, value) -> bool:
+    """``value`` as a Python bool when it is ``True`` or ``False`` (NumPy's too), else a ValueError.
+
+    Strings and numbers are refused: ``bias="no"`` would otherwise read as True.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{where}: True or False; got {value!r}")
+
+
 def real_number(where: str, value, rule: str, ok) -> float:
     """``value`` as a Python float when it is a finite real number with ``ok(value)``.
 

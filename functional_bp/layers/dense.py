@@ -46,7 +46,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, positive_int, real_number, sum_rows
+from .base import Layer, flag, positive_int, real_number, sum_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +72,7 @@ class Dense(Layer):
         object.__setattr__(self, "scale", real_number(
             "Dense(scale)", self.scale, "a finite number >= 0 (W ~ N(0, scale / n_in); 2 is "
             "'he', 1 'lecun')", lambda v: v >= 0))
+        object.__setattr__(self, "bias", flag("Dense(bias)", self.bias))
 
     def init(self, key, input_shape, dtype=jnp.float32):
         n_in = input_shape[-1]

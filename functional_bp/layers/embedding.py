@@ -59,10 +59,6 @@ import numpy as np
 from .base import Layer, positive_int, real_number
 
 
-def _positive_int(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-
-
 @dataclasses.dataclass(frozen=True)
 class Embedding(Layer):
     """Y = W[X]: integer inputs (m,) or (m, T) to (m, features) or (m, T, features).

@@ -46,7 +46,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from .base import Layer, real_number, sum_rows
+from .base import Layer, flag, real_number, sum_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,7 @@ class LayerNorm(Layer):
         object.__setattr__(self, "eps", real_number(
             "LayerNorm(eps)", self.eps, "a finite number > 0 added to the variance (default "
             "1e-5)", lambda v: v > 0))
+        object.__setattr__(self, "bias", flag("LayerNorm(bias)", self.bias))
 
     def init(self, key, input_shape, dtype=jnp.float32):
         d = input_shape[-1]

@@ -37,8 +37,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, sum_rows
-from .embedding import _positive_int
+from .base import Layer, positive_int, real_number, sum_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +56,11 @@ class PositionalEmbedding(Layer):
     decayed_params = ("W",)  # weight decay on the table
 
     def __post_init__(self):
-        if not _positive_int(self.max_length):
-            raise ValueError(f"PositionalEmbedding(max_length): a positive integer; got "
-                             f"{self.max_length!r}")
+        object.__setattr__(self, "max_length",
+                           positive_int("PositionalEmbedding(max_length)", self.max_length))
+        object.__setattr__(self, "scale", real_number(
+            "PositionalEmbedding(scale)", self.scale, "a finite number >= 0 (W ~ N(0, scale))",
+            lambda v: v >= 0))
 
     def init(self, key, input_shape, dtype=jnp.float32):
         W = self.scale ** 0.5 * jax.random.normal(key, (self.max_length, input_shape[-1]), dtype)
