@@ -500,15 +500,19 @@ def render_shape(res) -> list[str]:
             continue
         rows.append([k, _spread(tf[k]), f"{r(k, OURS):.3f}", f"{r(k, T_OURS):.3f}",
                      report.fmt_bytes(hlo[k]["temp"]) if k in hlo else "not measured",
-                     {T_OURS: f"{err[T_OURS]:.1e} vs the jax step (loss, new params)",
-                      T_TORCH: _agrees(err[T_TORCH]) + " vs ours (loss, gradients)"}.get(k, "—")])
+                     f"{err[T_OURS]:.1e} vs the jax step (loss, new params)" if k == T_OURS
+                     else _agrees(err[T_TORCH]) + " vs ours (loss, gradients)" if k == T_TORCH
+                     else "—"])
     out.append(table(["implementation", "median (IQR)", "× ours", "× train step: ours",
                       "temporary memory", "error"], rows))
     if floor is not None:
         out.append(f"\nNoise floor (the reference's second copy over the first, same blocks): "
                    f"{floor:.3f}.")
     if T_REF in tf:
-        out.append(f" Train step ours / jax.value_and_grad: {r(T_OURS, T_REF):.3f}.")
+        out.append(f" Train step ours / jax.value_and_grad: {r(T_OURS, T_REF):.3f}. The two "
+                   "steps' new params differ more than their gradients do: AdamW's first step "
+                   "moves each entry by about lr·g/(|g| + eps), so an entry of the gradient "
+                   "near 0 whose last bits differ can move by up to 2·lr either way.")
     if res["torch"]:
         ti = res["torch"]
         out.append(f" PyTorch's loss {ti['loss']:.6f}, ours {ti['ours_loss']:.6f}; "
@@ -595,6 +599,16 @@ def notes(res, ratio_jax, floor, clip, has_torch) -> list[str]:
             f"{sum(ht['entry_kinds'].values())} entry ops ({_kinds(ht)}) run one after "
             f"the other, {report.fmt_bytes(ht['bytes'])} accessed, "
             f"{report.fmt_bytes(ht['temp'])} temporary memory.")
+    if cpu and min(c / w for w, c in cpu.values()) < 0.8:
+        out.append(
+            "CPU / wall below 1 for steps whose threads could fill both cores: the processes "
+            "waited for the CPUs (a load above the core count). Wall times and their ratios "
+            "then depend on how the scheduler served each process, and a step made of many "
+            "small multi-threaded operations (PyTorch eager: each operation a parallel region "
+            "that ends when both of its threads have been scheduled) suffers most; the CPU "
+            "time per step is the steadier comparison: "
+            + ", ".join(f"{k.removeprefix('train step: ')} {fmt_time(c)}"
+                        for k, (w, c) in cpu.items()) + ".")
     if out:
         return ["#### Notes\n"] + [f"- {n}" for n in out] + [""]
     return []

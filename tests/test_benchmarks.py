@@ -158,3 +158,35 @@ def test_cli_passes_every_bench_argument_to_the_harness():
     argv = ["bench", "--shapes", "tiny", "--help", "--out", "x.md"]
     args = build_parser()[0].parse_args(argv)
     assert args.command == "bench" and args.bench_args == argv[1:]
+
+
+def test_gpt_bench_counts_the_flops_of_each_dot():
+    sys.path.insert(0, str(BENCH))
+    try:
+        gpt_bench = _load("gpt_bench")
+    finally:
+        sys.path.remove(str(BENCH))
+    a, b = jax.numpy.ones((3, 4)), jax.numpy.ones((2, 4, 5))
+    text = jax.jit(lambda a, b: jax.numpy.einsum("ik,jkl->jil", a, b)).lower(a, b).compile().as_text()
+    dots = gpt_bench.dot_inventory(text)
+    assert sum(dots.values()) == 1
+    assert sum(f * n for (_, _, _, f), n in dots.items()) == 2 * 2 * 3 * 5 * 4  # 2 (batch) 3 5 k=4
+
+
+def test_gpt_bench_runs_at_the_tiny_shape(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(BENCH / "gpt_bench.py"), "--shapes", "tiny", "--blocks", "1",
+           "--reps", "1", "--warmup", "0", "--min-sample-s", "0", "--vmap-blocks", "1",
+           "--cpu-steps", "1", "--label", "smoke", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- run:smoke begin -->" in text and "<!-- run:smoke end -->" in text
+    assert "### Shape `tiny`" in text and "--shapes tiny" in text
+    for row in ("| ours / `jax.value_and_grad` ≤ 1.05 |", "| train step: ours |",
+                "| vmap(grad) + clip |", "| train step: jax.value_and_grad |"):
+        assert row in text, row
+    # the implementations compute the same numbers, or the timings compare nothing
+    assert "vs jax.value_and_grad |" in text and "vs vmap(grad) + clip |" in text
+    assert "above 2e-5" not in text
