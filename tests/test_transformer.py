@@ -33,11 +33,11 @@ import functional_bp as fbp
 from functional_bp import _validate, models
 from functional_bp import layers as fl
 from functional_bp.activations import gelu_prime
-from functional_bp.layers.base import abstract_init
 from functional_bp.losses import example_losses
 from functional_bp.network import forward as net_forward
 from functional_bp.network import objective_from_arrays
 from helpers import profile_share, rtol_for, tree_errors
+from network_strategies import zero_offsets
 
 # --- a case: a network, its params, a batch --------------------------------------------
 
@@ -141,24 +141,12 @@ def cases(draw, dtype):
 
 # --- the references: jax.grad of the plain-JAX objective --------------------------------
 
-def _zero_offsets(layer, input_shape, m, dtype):
-    """Zeros at every leaf layer's output (nested like params): jax.grad there is dJ/dY."""
-    if isinstance(layer, fl.Sequential):
-        out, shape = [], tuple(input_shape)
-        for sub in layer.layers:
-            o, shape = _zero_offsets(sub, shape, m, dtype)
-            out.append(o)
-        return out, shape
-    shape = abstract_init(layer, tuple(input_shape))[1]
-    return jnp.zeros((m, *shape), dtype), shape
-
-
 def reference(case):
     """(J, grads, cotangents, dJ/dX) by jax.grad of the plain-JAX objective, in the case's dtype."""
     with jax.enable_x64(jnp.dtype(case.dtype) == jnp.float64):
         loss, x, y = _prepared(case)
         params = case.params
-        offsets = _zero_offsets(case.net, x.shape[1:], x.shape[0], x.dtype if not case.tokens
+        offsets = zero_offsets(case.net, x.shape[1:], x.shape[0], x.dtype if not case.tokens
                                 else case.dtype)[0]
         argnums = (0, 2) if case.tokens else (0, 1, 2)
 
@@ -211,7 +199,36 @@ def compare_backprop(case):
     if dx is not None:
         errs.update(tree_errors(ours.input_grad, dx, "input_grad"))
     check(errs, rtol, "backprop")
+    _report(case, ours.grads, grads, "grad")
+    _report(case, ours.deltas, cots, "cotangent")
     return errs
+
+
+def _report(case, ours, ref, what):
+    """With $FBP_TRANSFORMER_REPORT set, append each leaf's error and its layer's type.
+
+    ``what``: "grad" (a parameter leaf of the layer) or "cotangent" (dJ/dY at
+    the layer's output; for the Dense before an Attention, its cotangent is
+    Attention's dJ/dX).
+
+    ``FBP_TRANSFORMER_REPORT=/tmp/t.tsv pytest tests/test_transformer.py`` then
+    gives the worst error per layer type and dtype (the closing notes' table).
+    """
+    import os
+
+    path = os.environ.get("FBP_TRANSFORMER_REPORT")
+    if not path:
+        return
+    rows = []
+    for (keys, o), r in zip(jax.tree_util.tree_flatten_with_path(ours)[0],
+                            jax.tree_util.tree_leaves(ref)):
+        layer = case.net
+        for k in (keys[:-1] if what == "grad" else keys):  # list indices down to the layer
+            layer = layer.layers[k.idx]
+        rows.append(f"{jnp.dtype(case.dtype).name}\t{what}\t{type(layer).__name__}\t"
+                    f"{tree_errors(o, r)['']:.3e}\n")
+    with open(path, "a") as f:
+        f.writelines(rows)
 
 
 def _norms(per_example):
