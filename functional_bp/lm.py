@@ -1,4 +1,4 @@
-"""Language models trained by iterations, as nanoGPT and minGPT do: the batch samplers and optimizers.
+"""Language models trained by iterations, as nanoGPT and minGPT do: samplers and optimizers.
 
 :func:`functional_bp.train.fit` runs one loop for every way of drawing
 batches; the samplers here are nanoGPT's and minGPT's (see
@@ -66,7 +66,7 @@ from .text.schedule import nanogpt_lr_schedule
 from .train import BatchSampler, FitCall, Step, make_optimizer
 
 EVAL_STREAM = 1 << 30
-"""The evaluations draw from ``fold_in(key, EVAL_STREAM)``, apart from the steps' ``fold_in(key, t)``."""
+"""Evaluations draw from ``fold_in(key, EVAL_STREAM)``, apart from the steps' ``fold_in(key, t)``."""
 
 NANOGPT = dict(lr=1e-3, warmup_iters=100, min_lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1,
                grad_clip=1.0, eval_interval=250, eval_iters=200)
@@ -105,7 +105,8 @@ def _positive(name, v):
 
 
 class _Iterations(BatchSampler):
-    """``max_iters`` steps of random batches, evaluated every ``eval_interval`` steps and at the end."""
+    """``max_iters`` steps of random batches, evaluated every ``eval_interval`` steps and at the end.
+    """
 
     unit = "iter"
 

@@ -23,7 +23,8 @@ validation loss), ``curves.png`` at the end. ``metrics.json`` holds
 ``evals`` (the records ``{"iter", "train_loss", "val_loss"}``, or
 ``test_loss`` for sort), the final ``train_loss`` and ``val_loss``,
 ``train_seconds`` (the wall time of the training loop, compilation and
-evaluations included, as nanoGPT's times are), and for sort
+evaluations included, as nanoGPT's times are; a resumed run adds its time to
+the checkpoint's), and for sort
 ``test_accuracy``.
 """
 
@@ -39,7 +40,7 @@ from .experiment import ConfigError, RunResult
 
 TEXT_DEFAULTS = dict(max_iters=5000, eval_interval=250, eval_iters=200, warmup_iters=100,
                      min_lr=1e-4, grad_clip=1.0, weight_decay=0.1)
-"""A text run's defaults (nanoGPT's Shakespeare-character configuration); lr_decay_iters = max_iters."""
+"""A text run's defaults (nanoGPT's Shakespeare configuration); lr_decay_iters = max_iters."""
 SORT_DEFAULTS = dict(max_iters=2000, eval_interval=250, grad_clip=1.0, weight_decay=0.1)
 """A sort run's defaults (minGPT's demo and trainer)."""
 NOT_FOR_TOKENS = {"hidden": None, "activation": None, "init": None, "schedule": "constant",
@@ -57,7 +58,7 @@ def is_token_run(config) -> bool:
 
 
 def _settings(config, given, text):
-    """Fill the language model's settings in ``config`` (in place); refuse the ones that do not apply."""
+    """Fill the language model's settings into ``config``; refuse the ones that do not apply."""
     for k, neutral in NOT_FOR_TOKENS.items():
         if k in given and given[k] != neutral:
             raise ConfigError(k, f"does not apply to a language-model run on {config['data']!r} "
@@ -76,7 +77,8 @@ def _settings(config, given, text):
             config["lr_decay_iters"] = config["max_iters"]
         if not config["warmup_iters"] < config["lr_decay_iters"]:
             raise ConfigError("warmup_iters", f"{config['warmup_iters']} warm-up iterations, "
-                              f"not fewer than --lr-decay-iters {config['lr_decay_iters']} (the cosine "
+                              f"not fewer than --lr-decay-iters {config['lr_decay_iters']} "
+                              "(the cosine "
                               "decay runs between them): give a smaller --warmup-iters")
     else:
         for k in ("lr_decay_iters", "min_lr", "warmup_iters", "eval_iters"):
@@ -200,13 +202,14 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
     if resume is None:
         k_init, k_run = jax.random.split(jax.random.key(config["seed"]))
         state = init_state(net.init(k_init, (block,)), optimizer=opt, key=k_run)
-        history = []
+        history, before = [], 0.0
     else:
         try:
             state, meta = load_state(resume, optimizer=opt)
         except (OSError, CheckpointError) as e:
             raise ConfigError("resume", str(e)) from None
         history = list(meta.get("history", []))
+        before = float(meta.get("train_seconds", 0.0))  # the loop's time before the resume
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, k) for k in
              ("params.npz", "best.npz", "metrics.json", "curves.png")}
@@ -226,7 +229,8 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
 
     def write(path, st, records):
         save_state(path, st, network=net, loss="softmax_cross_entropy",
-                   metadata={**meta_common, "history": experiment.json_safe(records)})
+                   metadata={**meta_common, "history": experiment.json_safe(records),
+                             "train_seconds": before + run["seconds"]})
 
     def metrics(st, status):
         final = run["history"][-1]
@@ -240,7 +244,7 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
             "test_loss": final.get("test_loss"), "test_accuracy": run["accuracy"],
             "best_iter": None if stopper is None or stopper.best_record is None
             else stopper.best_record["iter"],
-            "train_seconds": round(run["seconds"], 3), "resumed_from": resume,
+            "train_seconds": round(before + run["seconds"], 3), "resumed_from": resume,
         })
 
     def save(st, status):

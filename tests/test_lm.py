@@ -1,5 +1,6 @@
 """Language models by iterations: the samplers in fit, nanoGPT's and minGPT's AdamW, the runs
-from the command line (text and sort), and sampling from a checkpoint. Small generated texts only."""
+from the command line (text and sort), and sampling from a checkpoint. Small generated texts
+only."""
 
 from __future__ import annotations
 
@@ -204,7 +205,8 @@ def test_a_text_run_from_the_command_line_and_samples_from_it(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     corpus = load_text(tmp_path / "tiny.txt")
     for name in ("params.npz", "best.npz"):
-        state, meta = load_state(out / name, optimizer=nanogpt_optimizer(warmup_iters=2, lr_decay_iters=20))
+        state, meta = load_state(out / name,
+                                 optimizer=nanogpt_optimizer(warmup_iters=2, lr_decay_iters=20))
         assert meta["vocab"] == corpus.vocab
     assert state.epoch == min(metrics["evals"], key=lambda e: e["val_loss"])["iter"]
     capsys.readouterr()
@@ -259,3 +261,54 @@ def test_options_of_other_runs_are_refused_for_a_language_model(tmp_path, capsys
             main(["train", "--data", f"text:{path}", "--model", MODEL, "--out",
                   str(tmp_path / "x"), "--quiet", *extra])
         assert f"argument {flag}" in capsys.readouterr().err
+
+
+class _CtrlCAfter:
+    """Stands in for experiment.Interrupt: Ctrl-C is 'pressed' once ``n`` evaluations are seen."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        self.seen += 1
+        return self.seen >= self.n
+
+
+def test_an_interrupted_text_run_resumes_exactly_from_the_command_line(tmp_path, monkeypatch,
+                                                                      capsys):
+    code, full = _train_text(tmp_path, "--model", "gpt n_layer=1 n_head=2 n_embd=8 "
+                             "block_size=16 bias=False dropout=0.1", "--out",
+                             str(tmp_path / "full"))
+    assert code == 0
+    path = tmp_path / "tiny.txt"
+    args = ["train", "--data", f"text:{path}", "--model", "gpt n_layer=1 n_head=2 n_embd=8 "
+            "block_size=16 bias=False dropout=0.1", "--batch-size", "4", "--max-iters", "20",
+            "--warmup-iters", "2", "--eval-interval", "10", "--eval-iters", "2", "--quiet"]
+    monkeypatch.setattr(experiment, "Interrupt", _CtrlCAfter(2))  # after iteration 10
+    assert main(args + ["--out", str(tmp_path / "half")]) == 130
+    assert "resume with: functional-bp train --resume" in capsys.readouterr().err
+    half = json.loads((tmp_path / "half" / "metrics.json").read_text())
+    assert half["status"] == "interrupted" and half["iter"] == 10
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "half" / "params.npz"), "--quiet",
+                 "--out", str(tmp_path / "rest")]) == 0
+    opt = nanogpt_optimizer(warmup_iters=2, lr_decay_iters=20)
+    a, _ = load_state(tmp_path / "full" / "params.npz", optimizer=opt)
+    b, meta = load_state(tmp_path / "rest" / "params.npz", optimizer=opt)
+    assert a.epoch == b.epoch == 20
+    for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    full_m = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    rest_m = json.loads((tmp_path / "rest" / "metrics.json").read_text())
+    assert rest_m["evals"] == full_m["evals"]
+    assert rest_m["train_seconds"] > half["train_seconds"] > 0  # the loop's time, both parts
