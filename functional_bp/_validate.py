@@ -28,7 +28,7 @@ import numpy as np
 from .activations import ACTIVATIONS, Activation, get_activation
 from .layers import Activation as ActivationLayer
 from .layers import Layer, Sequential
-from .losses import Loss, get_loss
+from .losses import Loss, get_loss, sequence_targets
 from .network import MLPView, mlp_network, network_view
 
 
@@ -163,6 +163,27 @@ def check_y(y, m: int, n_L: int, loss: Loss, *, dtype):
     return _as_dtype(y, dtype)
 
 
+def check_sequence_y(y, m: int, T: int, n_L: int, loss: Loss, *, dtype):
+    """Check targets (m, T, n_L), or integer labels (m, T) (-1: not scored) for sequence outputs."""
+    shape = _shape(y)
+    y_dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
+    labels = " or integer labels (m, T) (-1: not scored)" if loss.accepts_labels else ""
+    if len(shape) == 2 and loss.accepts_labels:
+        if not jnp.issubdtype(y_dtype, jnp.integer):
+            raise TypeError(
+                f"y of shape {shape} for the sequence output (m, {T}, {n_L}) holds class labels "
+                f"and must be integers; got dtype {y_dtype}")
+        if shape != (m, T):
+            raise ValueError(f"the network outputs (m, T, n_L) = ({m}, {T}, {n_L}): labels y "
+                             f"must have shape ({m}, {T}); got {shape}")
+        return sequence_targets(jnp.asarray(y), n_L, dtype)
+    if shape != (m, T, n_L):
+        raise ValueError(
+            f"the network outputs a sequence (m, T, n_L) = ({m}, {T}, {n_L}): y for loss "
+            f"{loss.name} must have shape ({m}, {T}, {n_L}){labels}; got shape {shape}")
+    return _as_dtype(y, dtype)
+
+
 def _as_dtype(v, dtype):
     """v as a JAX array of ``dtype``; a no-op (no dispatch) when it already is one."""
     if isinstance(v, jax.Array) and v.dtype == dtype:
@@ -239,11 +260,11 @@ def check_network_x(x, net, params):
         raise ValueError(f"x has shape {shape}: an example axis of size 0 holds no data (every "
                          "axis after the batch axis needs at least one entry)")
     out = net.check(params, shape[1:])
-    if len(out) != 1:
+    if len(out) not in (1, 2):
         raise ValueError(
-            f"the network's output must be (m, n_L) for the loss; it is (m, "
-            f"{', '.join(map(str, out))}) for x of shape {shape}: end the network with "
-            "Flatten() and a Dense layer"
+            f"the network's output must be (m, n_L), or (m, T, n_L) for a sequence, for the "
+            f"loss; it is (m, {', '.join(map(str, out))}) for x of shape {shape}: end the "
+            "network with Flatten() and a Dense layer"
         )
     if net.integer_input:
         x_dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
@@ -438,7 +459,10 @@ def prepare_model(params, batch, model, loss):
         params = view.to_net(params)
         x, out = check_network_x(x, model, params)
         check_network_derivatives(model, params, x)
-        y = check_y(y, x.shape[0], out[0], loss, dtype=network_dtype(params))
+        if len(out) == 2:
+            y = check_sequence_y(y, x.shape[0], *out, loss, dtype=network_dtype(params))
+        else:
+            y = check_y(y, x.shape[0], out[0], loss, dtype=network_dtype(params))
         return view, params, loss, x, y
     sizes = check_params(params)
     acts = check_activations(model, len(params))
