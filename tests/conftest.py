@@ -1,9 +1,13 @@
 """Test configuration: strict JAX and the hypothesis profiles.
 
 Profiles (choose with HYPOTHESIS_PROFILE=...):
-  ci        the default; derandomized, sized so the whole suite runs in a few
-            minutes on 2 CPU cores.
+  ci        the default; derandomized, 40 examples per property (README.md's Tests
+            section gives the suite's measured time on 2 CPU cores).
   thorough  thousands of examples per property, for long runs before a release.
+
+Markers: ``slow`` (every property test and the notebook runs; see :data:`SLOW`), left
+out by the quick loop ``python -m pytest -m "not slow"``. Each test file prints a line
+when it starts, with the time into the run.
 """
 
 import os
@@ -12,6 +16,7 @@ import time
 import jax
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.internal.detection import is_hypothesis_test
 
 # TF32 / bf16 matmuls on accelerators would break float32 comparisons.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -63,13 +68,20 @@ def pytest_configure(config):
 
 
 # --- the slow tests: deselected by the quick loop, python -m pytest -m "not slow" -------
-SLOW = ()
-"""Node-id prefixes (a file, or a file::test) of the tests marked ``slow``: the longest
-property tests and runs, measured by one run of the whole suite (README's Tests section)."""
+SLOW = ("tests/test_notebooks.py::test_notebook_runs", "tests/test_multihost.py")
+"""Node-id prefixes (a file, or file::test) marked ``slow`` besides the property tests:
+executing every notebook afresh, and the two-process run."""
+
+
+def _is_slow(item):
+    """Every hypothesis property test (each draws and compiles dozens of cases), and SLOW."""
+    if is_hypothesis_test(getattr(item, "obj", None)):
+        return True
+    return any(item.nodeid == p or item.nodeid.startswith((p + "::", p + "["))
+               for p in SLOW)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if any(item.nodeid == p or item.nodeid.startswith(p + "::") or
-               item.nodeid.startswith(p + "[") for p in SLOW):
+        if _is_slow(item):
             item.add_marker(pytest.mark.slow)

@@ -251,3 +251,15 @@ def test_readme_headline_numbers_are_in_results(name):
         numbers = [n for n in numbers if n not in ("32%", "68%", "94%")]
     stale = [n for n in numbers if n not in results]
     assert not stale, f"README headline numbers not in benchmarks/RESULTS.md: {stale}"
+
+
+def test_readme_test_commands_are_what_ci_and_pytest_run():
+    # The README's full command is CI's; its quick command selects by a registered marker.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^python -m pytest\s+# the whole suite", readme, re.M), "README: no full command"
+    assert re.search(r"^python -m pytest\s+# the test command of README.md", ci, re.M)
+    assert 'python -m pytest -m "not slow"' in readme
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'markers = \[\s*"slow:', pyproject), "the slow marker is not registered"
+    assert re.search(r"whole suite.*\d+ min", readme, re.S), "README states no measured time"
