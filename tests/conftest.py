@@ -85,3 +85,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _is_slow(item):
             item.add_marker(pytest.mark.slow)
+
+
+# --- memory: each file's compiled programs are dropped when the file ends --------------
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """Free each test file's compiled programs and traces after it (``jax.clear_caches``).
+
+    Property tests compile a new program for almost every drawn shape; kept for
+    the whole run, the programs of every file add up to gigabytes in one
+    process (the run of the whole suite ended in an abort inside XLA's compiler
+    near its end). No file reuses another's programs, so nothing is lost.
+    """
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()

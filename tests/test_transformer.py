@@ -37,7 +37,7 @@ from functional_bp.losses import example_losses
 from functional_bp.network import forward as net_forward
 from functional_bp.network import objective_from_arrays
 from helpers import profile_share, rtol_for, tree_errors
-from network_strategies import zero_offsets
+from network_strategies import _every_so_often_clear, zero_offsets
 
 # --- a case: a network, its params, a batch --------------------------------------------
 
@@ -189,6 +189,7 @@ def check(errs, rtol, what):
 
 def compare_backprop(case):
     """Loss, every grad leaf, every cotangent and dJ/dX against :func:`reference`, per leaf."""
+    _every_so_often_clear()
     rtol = rtol_for(case.dtype)
     ours = fbp.backprop(case.params, (case.x, case.y), network=case.net, loss=case.loss,
                         key=case.key)
