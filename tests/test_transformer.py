@@ -505,3 +505,19 @@ def test_numpy_options_become_python_values():
     att = fl.Attention(np.int64(2), causal=np.bool_(False))
     assert type(att.num_heads) is int and att.causal is False
     assert fl.from_config(fl.to_config(fl.Sequential(att))) == fl.Sequential(fl.Attention(2, False))
+
+
+class _PositionNormOfTheSum(fl.PositionalEmbedding):
+    """Each example's norm from the batch's summed cotangent instead of its own rows."""
+
+    def sq_norms(self, params, cache, dy):
+        total = jnp.sum(dy, axis=0, keepdims=True)
+        return jnp.broadcast_to(jnp.sum(total * total), dy.shape[:1])
+
+
+def test_wrong_positional_norm_is_caught():
+    """The per-example comparison rejects a PositionalEmbedding norm that mixes the examples."""
+    case = make_case(m=3, T=4, block=4, heads=2, head_size=2, unscored=0.0, tokens=False,
+                     seed=2, positional=_PositionNormOfTheSum)
+    with pytest.raises(AssertionError, match="leaves over rtol"):
+        compare_per_example(case)
