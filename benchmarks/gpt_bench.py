@@ -88,12 +88,11 @@ sys.path.insert(1, str(HERE.parent))
 import report  # noqa: E402
 import timing  # noqa: E402
 from grad_step import compiled_summary, max_leaf_error  # noqa: E402
+from resmlp_bench import vmap_route  # noqa: E402  (the same clipped mean by vmap(grad))
 from report import fmt_time, table  # noqa: E402
 
 import functional_bp as fbp  # noqa: E402
 from functional_bp import _validate, models  # noqa: E402
-from functional_bp.losses import get_loss  # noqa: E402
-from functional_bp.network import objective_from_arrays  # noqa: E402
 from functional_bp.train import make_optimizer  # noqa: E402
 
 SHAPES = {
@@ -147,23 +146,6 @@ def tied_grads(grads, n_layer: int) -> dict:
     sd = state_dict(grads, n_layer)
     sd["transformer.wte.weight"] = sd["transformer.wte.weight"] + sd.pop("lm_head.weight")
     return sd
-
-
-def vmap_route(net, clip_norm):
-    """jitted (params, x, y_targets) -> the clipped mean by jax.vmap(jax.grad)."""
-    loss = get_loss(LOSS)
-
-    def L_i(params, x_i, y_i):
-        return objective_from_arrays(net, params, x_i[None], y_i[None], 0.0, loss)
-
-    @jax.jit
-    def clipped(params, x, y):
-        g = jax.vmap(jax.grad(L_i), in_axes=(None, 0, 0))(params, x, y)
-        sq = sum(jnp.sum(t.reshape(t.shape[0], -1) ** 2, axis=1) for t in jax.tree.leaves(g))
-        c = jnp.minimum(1.0, clip_norm / jnp.sqrt(sq))
-        return jax.tree.map(lambda t: jnp.tensordot(c, t, axes=1) / x.shape[0], g)
-
-    return clipped
 
 
 def train_step(grad_fn, optimizer):
