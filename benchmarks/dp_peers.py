@@ -65,8 +65,14 @@ import report  # noqa: E402
 import timing  # noqa: E402
 from report import fmt_time, table  # noqa: E402
 
+import cnn_bench  # noqa: E402  (the CNN problems)
+import gpt_bench  # noqa: E402  (the GPT shapes, nanoGPT's names, the training step)
+from gpt_bench import train_step  # noqa: E402
+from resmlp_bench import vmap_route  # noqa: E402  (the clipped mean by vmap(grad))
+
 import functional_bp as fbp  # noqa: E402
-from functional_bp import privacy  # noqa: E402
+from functional_bp import _validate, privacy  # noqa: E402
+from functional_bp.train import make_optimizer  # noqa: E402
 
 SHAPES = {"mnist-wide": ([784, 1024, 1024, 10], 256), "small": ([64, 128, 10], 128)}
 CLIP_NORM = 1.0
@@ -116,7 +122,10 @@ def temp_bytes(fn, *args) -> float:
 
 
 def max_rel_error(ours, ref) -> float:
+    """Largest per-leaf max|a - b| / max|b|; inf if the leaves differ in number or shape."""
     errs = []
+    if len(jax.tree_util.tree_leaves(ours)) != len(jax.tree_util.tree_leaves(ref)):
+        return float("inf")
     for o, r in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
         o, r = np.asarray(o, np.float64), np.asarray(r, np.float64)
         if o.shape != r.shape:
@@ -292,6 +301,369 @@ def run_shape(name, sizes, m, *, clip_norm, blocks, warmup, min_sample_s, settle
                                                         nan_safe=False)
     return {"name": name, "sizes": sizes, "m": m, "timings": t, "errors": errors,
             "temp": {k: v[2] for k, v in impls.items()}, "extra": extra}
+
+
+# ----------------------------------------------------------------- GPT and CNNs (layered networks)
+
+LAYERED = ("gpt-tiny", "gpt-cpu", "gpt-large", "mnist1d-cnn", "2d-cnn")
+DEFAULT_NETWORKS = ("mnist-wide", "small", "gpt-cpu", "mnist1d-cnn", "2d-cnn", "gpt-large")
+GPT_SHAPES = {"gpt-tiny": "tiny", "gpt-cpu": "cpu", "gpt-large": "gpu"}  # gpt_bench's shapes
+LOSS = "softmax_cross_entropy"
+LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.99), 0.1
+TOL = 2e-5  # float32: of the leaf's scale, per leaf (the team's tolerance)
+TORCH = "PyTorch (non-private)"
+VG = "functional_bp.value_and_grad (non-private)"
+STEP = "step: "  # prefix of the rows timing one training step with AdamW
+
+
+def layered_problem(name, batch=None, seed=0):
+    """(net, params, x, y, input shape, description, gpt shape or None), float32, same for all."""
+    kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
+    if name.startswith("gpt-"):
+        shape = dict(gpt_bench.SHAPES[GPT_SHAPES[name]])
+        shape["m"] = batch or shape["m"]
+        net = fbp.models.gpt(vocab_size=shape["V"], block_size=shape["T"],
+                             n_layer=shape["n_layer"], n_head=shape["n_head"],
+                             n_embd=shape["n_embd"], dropout=0.0, bias=False)
+        params = net.init(kp, (shape["T"],))  # untied head, initialised on its own
+        x = jax.random.randint(kx, (shape["m"], shape["T"]), 0, shape["V"])
+        y = jax.random.randint(ky, (shape["m"], shape["T"]), 0, shape["V"])
+        what = (f"models.gpt(vocab_size={shape['V']}, block_size={shape['T']}, "
+                f"n_layer={shape['n_layer']}, n_head={shape['n_head']}, "
+                f"n_embd={shape['n_embd']}, dropout=0.0, bias=False), tokens and labels "
+                f"({shape['m']}, {shape['T']})")
+        return net, params, x, y, (shape["T"],), what, shape
+    net, input_shape, m = cnn_bench.problems()[name]
+    m = batch or m
+    params = net.init(kp, input_shape)
+    x = jax.random.normal(kx, (m, *input_shape), jnp.float32)
+    y = jax.random.randint(ky, (m,), 0, 10)
+    return net, params, x, y, tuple(input_shape), f"cnn_bench's {name}, inputs {(m, *input_shape)}", None
+
+
+class Route:
+    """One implementation: its call, its result for the agreement check, its memory."""
+
+    def __init__(self, name, call, result=None, against=REF, memory=float("nan"), step=None,
+                 step_memory=float("nan"), kind="XLA temp"):
+        self.name, self.call, self.result, self.against = name, call, result, against
+        self.memory, self.step, self.step_memory, self.kind = memory, step, step_memory, kind
+
+
+def _mem_available() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def layered_jax_routes(net, params, x, y, clip_norm, notes, skipped):
+    """name -> Route for ours, our value_and_grad, the vmap route and jax-privacy (jitted)."""
+    kw = dict(network=net, loss=LOSS)
+    y_t = _validate.prepare_model(params, (x, y), net, LOSS)[4]
+    m = x.shape[0]
+    grads = {
+        OURS: (lambda p, a, b: fbp.clipped_grad(p, (a, b), clip_norm=clip_norm, **kw), y),
+        VG: (lambda p, a, b: fbp.value_and_grad(p, (a, b), **kw), y),
+        REF: (vmap_route(net, clip_norm), y_t),
+    }
+    jp = _optional("jax_privacy", notes)
+    if jp is not None:
+        from jax_privacy import clipping
+
+        def loss_fn(p, xb, yb):  # one example with a batch axis of 1 (keep_batch_dim)
+            return fbp.objective(p, (xb, yb), **kw)
+
+        grads[JAXP] = (clipping.clipped_grad(loss_fn, l2_clip_norm=clip_norm,
+                                             batch_argnums=(1, 2), normalize_by=float(m)), y)
+    optimizer = make_optimizer("adamw", LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    state = optimizer.init(params)
+    routes, available = {}, _mem_available()
+    for name, (f, labels) in grads.items():
+        with_loss = (f if name == VG else
+                     (lambda p, a, b, f=f: (jnp.zeros((), jnp.float32), f(p, a, b))))
+        step = train_step(with_loss, optimizer)
+        try:
+            g_c = jax.jit(f).lower(params, x, labels).compile()
+            s_c = step.lower(params, state, x, labels).compile()
+        except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+            skipped[name] = f"did not compile: {type(e).__name__}: {str(e)[:200]}"
+            continue
+        mem = [float(c.memory_analysis().temp_size_in_bytes) if c.memory_analysis() is not None
+               else float("nan") for c in (g_c, s_c)]
+        if mem[0] > 0.8 * available:
+            skipped[name] = (f"needs {report.fmt_bytes(mem[0])} of temporary memory (XLA's "
+                             f"memory_analysis), {report.fmt_bytes(available)} available")
+            continue
+        call = partial(g_c, params, x, labels)
+        routes[name] = Route(name, call, None, against=VG if name == VG else REF,
+                             memory=mem[0], step=partial(s_c, params, state, x, labels),
+                             step_memory=mem[1])
+    return routes
+
+
+def layered_torch_routes(twin, x, y, clip_norm, notes, skipped):
+    """name -> Route for PyTorch (non-private), Opacus ghost clipping and per-sample hooks."""
+    import torch
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    from dp_peers_torch import decay_groups
+
+    torch.set_num_threads(THREADS)
+    m = x.shape[0]
+    tx = torch.from_numpy(np.array(x) if twin.sequence else np.array(x, np.float32))
+    ty = torch.from_numpy(np.array(y, dtype=np.int64))
+    flat = (lambda z: z.reshape(-1, z.shape[-1])) if twin.sequence else (lambda z: z)
+    ty_flat = ty.reshape(-1)
+    shape = tuple(ty.shape) if twin.sequence else None
+
+    def adamw(model):
+        return torch.optim.AdamW(decay_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS)
+
+    def dp(cls, opt):
+        return cls(opt, noise_multiplier=0.0, max_grad_norm=clip_norm, expected_batch_size=m,
+                   loss_reduction="mean")
+
+    routes, builders = {}, {}
+
+    def plain():
+        model = twin.make()
+        opt, ce = adamw(model), torch.nn.CrossEntropyLoss(reduction="mean")
+
+        def grad():
+            opt.zero_grad(set_to_none=True)
+            ce(flat(model(tx)), ty_flat).backward()
+            return model
+
+        def step():
+            grad()
+            opt.step()
+        return model, grad, step
+
+    def ghost():
+        model = GradSampleModuleFastGradientClipping(
+            twin.make(), max_grad_norm=clip_norm, use_ghost_clipping=True, loss_reduction="mean")
+        opt = dp(DPOptimizerFastGradientClipping, adamw(model))
+        loss = DPLossFastGradientClipping(model, opt, torch.nn.CrossEntropyLoss(reduction="mean"),
+                                          loss_reduction="mean")
+
+        def backward():
+            opt.zero_grad(set_to_none=True)
+            # the loss per sequence is the mean over its T positions (shape=(B, T))
+            loss(flat(model(tx)), ty_flat, shape=shape).backward()  # two backward passes
+
+        def grad():
+            backward()
+            opt.pre_step()  # noise (0) and the division by the expected batch size
+            return model
+
+        def step():
+            backward()
+            opt.step()
+        return model, grad, step
+
+    def hooks():
+        model = GradSampleModule(twin.make(), loss_reduction="mean")
+        opt = dp(DPOptimizer, adamw(model))
+        ce = torch.nn.CrossEntropyLoss(reduction="mean")
+
+        def backward():
+            opt.zero_grad(set_to_none=True)
+            ce(flat(model(tx)), ty_flat).backward()  # p.grad_sample (B x parameter shape)
+
+        def grad():
+            backward()
+            opt.pre_step()  # clip each row, sum, noise (0), divide by m
+            return model
+
+        def step():
+            backward()
+            opt.step()
+        return model, grad, step
+
+    builders = {TORCH: plain, GHOST: ghost, HOOKS: hooks}
+    for name, build in builders.items():
+        try:
+            model, grad, step = build()
+            grad()
+        except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+            skipped[name] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            continue
+        routes[name] = Route(name, grad, None, against=VG if name == TORCH else REF,
+                             step=step, kind="PyTorch peak allocated")
+        routes[name].twin_grads = partial(twin.grads, model)
+    return routes
+
+
+def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed, batch,
+                check_examples, max_call_s, nanogpt, notes, log=print):
+    """Agreement, memory and times of every implementation on one GPT or CNN."""
+    net, params, x, y, input_shape, what, gshape = layered_problem(name, batch, seed)
+    m = x.shape[0]
+    skipped, errors = {}, {}
+
+    def build(xb, yb):
+        routes = layered_jax_routes(net, params, xb, yb, clip_norm, notes, skipped)
+        torch_mod = _optional("torch", notes) and _optional("opacus", notes)
+        if torch_mod is not None:
+            import dp_peers_torch
+
+            if gshape is not None:
+                if nanogpt is None:
+                    note = (f"{name}: no --nanogpt folder given: the PyTorch and Opacus rows "
+                            "are skipped")
+                    notes.append(note)
+                    print("note:", note)
+                    return routes
+                twin = dp_peers_torch.gpt_twin(Path(nanogpt), net, params, dict(gshape))
+            else:
+                twin = dp_peers_torch.cnn_twin(net, params, input_shape)
+            routes.update(layered_torch_routes(twin, xb, yb, clip_norm, notes, skipped))
+        return routes
+
+    def agreement(routes):
+        res = {}
+        for k, r in routes.items():
+            t0 = time.perf_counter()
+            try:
+                if hasattr(r, "twin_grads"):
+                    r.call()
+                    res[k] = r.twin_grads()
+                else:
+                    out = jax.block_until_ready(r.call())
+                    res[k] = out[1] if k == VG else out
+            except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+                skipped[k] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            r.first_s = time.perf_counter() - t0
+        for k in res:
+            against = routes[k].against
+            if against in res:
+                errors[k] = (max_rel_error(res[k], res[against]), against)
+        return res
+
+    k = m if check_examples is None else min(check_examples, m)
+    t0 = time.perf_counter()
+    if k < m:  # the agreement on the first k examples, every implementation built for them
+        agreement(build(x[:k], y[:k]))
+        skipped.clear()
+    routes = build(x, y)
+    log(f"[{name}] {len(routes)} implementations built in {time.perf_counter() - t0:.0f} s")
+    if k == m:
+        agreement(routes)
+    else:  # the first call of each, for the slow-call rule
+        for r in routes.values():
+            t1 = time.perf_counter()
+            r.call() if hasattr(r, "twin_grads") else jax.block_until_ready(r.call())
+            r.first_s = time.perf_counter() - t1
+    log(f"[{name}] agreement on {k} of {m} examples: " + ", ".join(
+        f"{kk} {e:.1e} (vs {a})" for kk, (e, a) in errors.items() if kk not in (REF, VG)))
+    for kk, r in list(routes.items()):
+        if kk in skipped:
+            del routes[kk]
+        elif max_call_s is not None and r.first_s > max_call_s:
+            skipped[kk] = (f"one call took {r.first_s:.1f} s (over --max-call-s "
+                           f"{max_call_s:g}): not timed in the blocks")
+            del routes[kk]
+    for kk, r in routes.items():  # memory of the PyTorch routes, measured on one more call
+        if hasattr(r, "twin_grads"):
+            import dp_peers_torch
+
+            r.memory = dp_peers_torch.peak_allocated(r.call)
+            r.step_memory = dp_peers_torch.peak_allocated(r.step)
+    runners = {}
+    for kk, r in routes.items():
+        runners[kk] = _ready(r.call) if not hasattr(r, "twin_grads") else r.call
+        runners[STEP + kk] = _ready(r.step) if not hasattr(r, "twin_grads") else r.step
+    log(f"[{name}] timing {len(runners)} calls in {blocks} blocks")
+    t = timing.compare(runners, warmup=warmup, blocks=blocks, reps=1, min_sample_s=min_sample_s,
+                       seed=seed, settle_s=settle_s) if runners else {}
+    for kk, v in t.items():
+        log(f"  {kk:<52} {fmt_time(v.median)}")
+    n_params = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(params))
+    return {"name": name, "what": what, "m": m, "checked": k, "timings": t, "errors": errors,
+            "skipped": skipped, "n_params": n_params,
+            "memory": {kk: (r.memory, r.step_memory, r.kind) for kk, r in routes.items()}}
+
+
+def render_layered(results, *, label, command, machine, versions, date, elapsed, notes,
+                   args) -> str:
+    out = [f"## {label}\n",
+           f"Written by `benchmarks/dp_peers.py` on {date}, {elapsed / 60:.1f} min. Command:\n",
+           f"```\n{command}\n```\n", report.kv_table(machine), "",
+           "Versions: " + ", ".join(f"{k} {v}" for k, v in versions) + ".\n",
+           "Each private implementation computes the clipped mean (1/m) Σ clip(g_i, C) of one "
+           f"batch (C = {args.clip_norm:g}, no noise, float32, {THREADS} threads; for the GPT "
+           "an example is one sequence and its loss the mean over its T positions) from the "
+           "same weights and data; the non-private rows compute the plain mean gradient. "
+           "PyTorch and Opacus run nanoGPT's own `model.py` (head untied and positions "
+           "expanded to (B, T), see `benchmarks/dp_peers_torch.py`) and PyTorch twins of the "
+           "CNNs, weights copied from ours. *step:* rows: the gradient and one AdamW update "
+           f"(lr {LR:g}, betas {BETAS}, weight decay {WEIGHT_DECAY:g} on the tensors with two "
+           "or more axes; optax for JAX, `torch.optim.AdamW` under Opacus's DP optimizer for "
+           "Opacus). Times: medians over "
+           f"{args.blocks} randomised alternating blocks (samples of at least "
+           f"{args.min_sample_s:g} s, {args.settle_s:g} s settling pause and one untimed call "
+           "at each switch); *× ours*: the paired ratio to `functional_bp.clipped_grad` (to "
+           "its step for the step rows). Error: largest per-leaf max|a−b|/max|b| against the "
+           f"named reference (tolerance {TOL:g}). Memory: for JAX, XLA's `memory_analysis()` "
+           "temporary buffers of the compiled program (arguments and outputs not counted); "
+           "for PyTorch, the peak of the bytes allocated through PyTorch's CPU allocator "
+           "during one call, net of before, from `torch.profiler`'s allocation events: it "
+           "includes the gradients (and Opacus's per-sample gradients) the call leaves "
+           "allocated and misses the BLAS/oneDNN libraries' own scratch space, so the two "
+           "columns are of the same kind but not identical in scope.\n"]
+    targets = []
+    for r in results:
+        t = r["timings"]
+        out.append(f"### {r['name']}: {r['what']}, {r['n_params']:,} parameters\n")
+        out.append(f"Agreement checked on {r['checked']} of {r['m']} examples.\n")
+        rows = []
+        for prefix, col in (("", 0), (STEP, 1)):
+            base = t.get(prefix + OURS)
+            for name in [OURS, VG, REF, JAXP, TORCH, GHOST, HOOKS]:
+                key = prefix + name
+                if key in t:
+                    lo, hi = t[key].iqr
+                    mem, kind = r["memory"][name][col], r["memory"][name][2]
+                    err = r["errors"].get(name)
+                    rows.append([key, f"{fmt_time(t[key].median)} ({fmt_time(lo)}–{fmt_time(hi)})",
+                                 f"{timing.paired_ratio(t[key], base):.2f}" if base else "—",
+                                 "—" if mem != mem else f"{report.fmt_bytes(mem)} ({kind})",
+                                 "—" if err is None or prefix or name in (REF, VG) else
+                                 f"{err[0]:.1e} vs {err[1]}"])
+                elif name in r["skipped"] and not prefix:
+                    rows.append([name, "not run: " + r["skipped"][name], "—", "—", "—"])
+        out.append(table(["implementation", "median (IQR)", "× ours", "memory", "error"], rows))
+        out.append("")
+        if OURS in t and VG in t:
+            ratio = timing.paired_ratio(t[OURS], t[VG])
+            targets.append((f"{r['name']}: clipped_grad / our value_and_grad ≤ 1.3",
+                            f"{ratio:.2f}", ratio <= 1.3))
+        for peer in (REF, JAXP, GHOST, HOOKS):
+            if OURS in t and peer in t:
+                pr = timing.paired_ratio(t[peer], t[OURS])
+                targets.append((f"{r['name']}: `clipped_grad` faster than {peer}",
+                                f"{peer} takes {pr:.2f}× ours", pr > 1))
+            elif peer in r["skipped"]:
+                targets.append((f"{r['name']}: `clipped_grad` faster than {peer}",
+                                f"{peer} not timed ({r['skipped'][peer][:80]})", None))
+        bad = [f"{k} ({e:.1e})" for k, (e, _) in r["errors"].items() if e > TOL]
+        targets.append((f"{r['name']}: every implementation agrees within {TOL:g}",
+                        ", ".join(bad) if bad else "all", not bad))
+    out.append("### Targets\n")
+    out.append(table(["target", "measured", "held"],
+                     [[a, b, "not measured" if ok is None else "yes" if ok else "**no**"]
+                      for a, b, ok in targets]))
+    if notes:
+        out.append("\n### Notes\n")
+        out += [f"- {n}" for n in dict.fromkeys(notes)]
+    return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------- the private step's cost
@@ -482,8 +854,22 @@ def render(results, *, label, command, machine, versions, date, elapsed, notes, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default=",".join(SHAPES),
-                    help=f"comma-separated, among {', '.join(SHAPES)}")
+    ap.add_argument("--networks", nargs="+", choices=list(SHAPES) + list(LAYERED),
+                    default=None, metavar="NET",
+                    help=f"among {', '.join(list(SHAPES) + list(LAYERED))} [default: "
+                         f"{' '.join(DEFAULT_NETWORKS)}]")
+    ap.add_argument("--shapes", default=None,
+                    help=f"the MLP shapes only, comma-separated, among {', '.join(SHAPES)}")
+    ap.add_argument("--nanogpt", default=None,
+                    help="nanoGPT's folder (its model.py): the PyTorch and Opacus rows of the GPT")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="the batch of every GPT and CNN (default: each network's own)")
+    ap.add_argument("--check-examples", type=int, default=None,
+                    help="GPT and CNNs: check the agreement on the first K examples (every "
+                         "implementation built again for them) [default: the whole batch]")
+    ap.add_argument("--max-call-s", type=float, default=None,
+                    help="GPT and CNNs: an implementation whose first call takes longer is "
+                         "reported with that time and not timed in the blocks")
     ap.add_argument("--clip-norm", type=float, default=CLIP_NORM)
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
@@ -497,10 +883,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.step_cost:
         return main_step_cost(a, argv)
-    shapes = [s for s in a.shapes.split(",") if s]
+    shapes = [s for s in (a.shapes or "").split(",") if s]
     for s in shapes:
         if s not in SHAPES:
             ap.error(f"unknown shape {s!r}; valid: {', '.join(SHAPES)}")
+    networks = list(a.networks or ([] if shapes else DEFAULT_NETWORKS))
+    shapes = list(dict.fromkeys(shapes + [n for n in networks if n in SHAPES]))
+    layered = [n for n in networks if n in LAYERED]
     command = "python " + shlex.join(["benchmarks/dp_peers.py"]
                                      + (sys.argv[1:] if argv is None else list(argv)))
     label = a.label or f"DP-SGD peers: {report.default_label()}"
@@ -512,6 +901,14 @@ def main(argv=None) -> int:
         results.append(run_shape(s, sizes, m, clip_norm=a.clip_norm, blocks=a.blocks,
                                  warmup=a.warmup, min_sample_s=a.min_sample_s,
                                  settle_s=a.settle_s, seed=a.seed, notes=notes))
+    mlp_elapsed = time.perf_counter() - started
+    l_notes, l_results = [], []
+    for n in layered:
+        l_results.append(run_layered(n, clip_norm=a.clip_norm, blocks=a.blocks,
+                                     warmup=a.warmup, min_sample_s=a.min_sample_s,
+                                     settle_s=a.settle_s, seed=a.seed, batch=a.batch,
+                                     check_examples=a.check_examples, max_call_s=a.max_call_s,
+                                     nanogpt=a.nanogpt, notes=l_notes))
     elapsed = time.perf_counter() - started
     load_end = os.getloadavg()
     machine.append(("load average at end", " ".join(f"{v:.2f}" for v in load_end)))
@@ -521,10 +918,19 @@ def main(argv=None) -> int:
             versions.append((name, importlib.metadata.version(name)))
         except importlib.metadata.PackageNotFoundError:
             versions.append((name, "not installed"))
-    body = render(results, label=label, command=command, machine=machine, versions=versions,
-                  date=report.now(), elapsed=elapsed, notes=notes, args=a)
-    report.write_block(Path(a.out), label, body)
-    print(body)
+    if results:
+        body = render(results, label=label, command=command, machine=machine,
+                      versions=versions, date=report.now(), elapsed=mlp_elapsed, notes=notes,
+                      args=a)
+        report.write_block(Path(a.out), label, body)
+        print(body)
+    if l_results:
+        l_label = label + ", GPT and CNNs"
+        body = render_layered(l_results, label=l_label, command=command, machine=machine,
+                              versions=versions, date=report.now(),
+                              elapsed=elapsed - mlp_elapsed, notes=l_notes, args=a)
+        report.write_block(Path(a.out), l_label, body)
+        print(body)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in load_end)}; wrote {a.out}")
     return 0
 
