@@ -506,7 +506,7 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
     """Agreement, memory and times of every implementation on one GPT or CNN."""
     net, params, x, y, input_shape, what, gshape = layered_problem(name, batch, seed)
     m = x.shape[0]
-    skipped, errors = {}, {}
+    skipped, errors, stock = {}, {}, {}
 
     def build(xb, yb):
         routes = layered_jax_routes(net, params, xb, yb, clip_norm, notes, skipped)
@@ -522,6 +522,9 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
                     print("note:", note)
                     return routes
                 twin = dp_peers_torch.gpt_twin(Path(nanogpt), net, params, dict(gshape))
+                if not stock:  # once per network: Opacus's ghost mode on nanoGPT as it is
+                    stock.update(dp_peers_torch.stock_ghost_check(
+                        Path(nanogpt), params, dict(gshape), xb, yb, clip_norm))
             else:
                 twin = dp_peers_torch.cnn_twin(net, params, input_shape)
             routes.update(layered_torch_routes(twin, xb, yb, clip_norm, notes, skipped))
@@ -586,8 +589,10 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
     for kk, v in t.items():
         log(f"  {kk:<52} {fmt_time(v.median)}")
     n_params = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(params))
+    for variant, outcome in stock.items():
+        log(f"[{name}] Opacus ghost clipping on {variant}: {outcome}")
     return {"name": name, "what": what, "m": m, "checked": k, "timings": t, "errors": errors,
-            "skipped": skipped, "n_params": n_params,
+            "skipped": skipped, "n_params": n_params, "stock": stock,
             "memory": {kk: (r.memory, r.step_memory, r.kind) for kk, r in routes.items()}}
 
 
@@ -641,6 +646,10 @@ def render_layered(results, *, label, command, machine, versions, date, elapsed,
                     rows.append([name, "not run: " + r["skipped"][name], "—", "—", "—"])
         out.append(table(["implementation", "median (IQR)", "× ours", "memory", "error"], rows))
         out.append("")
+        if r.get("stock"):
+            out.append("Opacus's ghost clipping on nanoGPT's model without this benchmark's "
+                       "changes (one forward and backward each): " + "; ".join(
+                           f"{k}: {v}" for k, v in r["stock"].items()) + ".\n")
         if OURS in t and VG in t:
             ratio = timing.paired_ratio(t[OURS], t[VG])
             targets.append((f"{r['name']}: clipped_grad / our value_and_grad ≤ 1.3",

@@ -245,6 +245,57 @@ def gpt_twin(nanogpt: Path, net, params, shape: dict) -> Twin:
     return Twin(make, grads, sequence=True)
 
 
+def stock_ghost_check(nanogpt: Path, params, shape: dict, x, y, clip_norm: float) -> dict:
+    """What Opacus's ghost clipping does with nanoGPT's model as it is, and with the head untied.
+
+    One forward and backward of ``GradSampleModuleFastGradientClipping`` on
+    (a) nanoGPT's ``GPT`` unchanged (tied head, positions of shape (T,)) and
+    (b) the same with only the head untied; each answers "ran" or the error
+    it stopped with (type and first line). The benchmark itself runs
+    :class:`UntiedGPT` of :func:`gpt_twin`, which changes both.
+    """
+    from gpt_bench import state_dict
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    mod = nanogpt_module(nanogpt)
+    config = mod.GPTConfig(block_size=shape["T"], vocab_size=shape["V"],
+                           n_layer=shape["n_layer"], n_head=shape["n_head"],
+                           n_embd=shape["n_embd"], dropout=0.0, bias=False)
+    sd = {k: torch.from_numpy(np.ascontiguousarray(v))
+          for k, v in state_dict(params, shape["n_layer"]).items()}
+    tx = torch.from_numpy(np.array(x, np.int64))
+    ty = torch.from_numpy(np.array(y, np.int64))
+    out = {}
+    for label, untie in (("nanoGPT's GPT as it is (tied head, positions (T,))", False),
+                         ("head untied, positions (T,)", True)):
+        try:
+            model = mod.GPT(config)
+            if untie:
+                model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+                model.load_state_dict(sd, strict=False)
+            else:
+                model.load_state_dict({k: v for k, v in sd.items() if k != "lm_head.weight"},
+                                      strict=False)
+            gsm = GradSampleModuleFastGradientClipping(
+                model, max_grad_norm=clip_norm, use_ghost_clipping=True, loss_reduction="mean")
+            opt = DPOptimizerFastGradientClipping(
+                torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
+                max_grad_norm=clip_norm, expected_batch_size=tx.shape[0], loss_reduction="mean")
+            loss = DPLossFastGradientClipping(gsm, opt, torch.nn.CrossEntropyLoss(),
+                                              loss_reduction="mean")
+            logits = gsm(tx, ty)[0]
+            loss(logits.reshape(-1, logits.shape[-1]), ty.reshape(-1),
+                 shape=tuple(ty.shape)).backward()
+            opt.pre_step()
+            out[label] = "ran"
+        except Exception as e:  # noqa: BLE001 - the answer is the error
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            out[label] = f"stopped: {type(e).__name__}: {first}"
+    return out
+
+
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list:
     """AdamW's parameter groups by nanoGPT's rule: decay on tensors with two or more axes."""
     ps = [p for p in model.parameters() if p.requires_grad]
