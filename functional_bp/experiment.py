@@ -567,6 +567,8 @@ class RunResult:
       end: the epoch the run was asked to reach.
       diverged: the first record with a non-finite loss, or None.
       seconds: from the start of :func:`train` to the end of training.
+      privacy_unit: a private text run's unit of privacy
+        (:func:`functional_bp.lm.privacy_unit`), or None.
     """
 
     status: str
@@ -580,6 +582,7 @@ class RunResult:
     end: int
     diverged: dict | None = None
     seconds: float = 0.0
+    privacy_unit: dict | None = None
 
 
 @dataclasses.dataclass

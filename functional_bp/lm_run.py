@@ -16,12 +16,26 @@ its metadata), Ctrl-C saving and exact resume as every run:
 - sort (minGPT's trainer): AdamW (betas 0.9, 0.95; weight decay 0.1),
   clipping at 1, a constant rate, ``max_iters`` 2000; ``test_accuracy`` is
   :func:`functional_bp.text.sort_accuracy` after the run.
+- a private text run (``--dp-clip C`` with ``--dp-noise`` or ``--dp-epsilon``):
+  :class:`functional_bp.lm.PoissonBlocks` with ``fit(dp=...)``. The examples
+  are the N non-overlapping blocks of block_size + 1 characters of the
+  training split, so epsilon protects one block
+  (:func:`functional_bp.lm.privacy_unit`; delta by default the largest power
+  of ten <= 1/(10 N)). The run is whole epochs of round(N / batch_size)
+  steps: ``max_iters`` is rounded up to them (said on stderr; with it
+  ``lr_decay_iters`` when that was ``max_iters``), evaluations come every
+  max(1, round(eval_interval / steps per epoch)) epochs and at the end, by the
+  same estimate as the non-private run; the same optimizer and schedule, one
+  optimizer step per private step. A model with Dropout is refused (the
+  private step runs without masks), as is the sort task.
 
 Writes into ``out``: ``params.npz`` and ``metrics.json`` at every evaluation
 (and when stopped), ``best.npz`` (text: the evaluation with the lowest
 validation loss), ``curves.png`` at the end. ``metrics.json`` holds
 ``evals`` (the records ``{"iter", "train_loss", "val_loss"}``, or
-``test_loss`` for sort), the final ``train_loss`` and ``val_loss``,
+``test_loss`` for sort; a private run's also ``epoch`` and ``epsilon``), the
+final ``train_loss`` and ``val_loss``, a private run's ``dp`` (its plan, steps
+and epsilon, as in the checkpoint) and ``privacy_unit``,
 ``train_seconds`` (the wall time of the training loop, compilation and
 evaluations included, as nanoGPT's times are; a resumed run adds its time to
 the checkpoint's), and for sort
@@ -45,7 +59,7 @@ SORT_DEFAULTS = dict(max_iters=2000, eval_interval=250, grad_clip=1.0, weight_de
 """A sort run's defaults (minGPT's demo and trainer)."""
 NOT_FOR_TOKENS = {"hidden": None, "activation": None, "init": None, "schedule": "constant",
                   "l2": 0.0, "val_fraction": None, "test_fraction": None, "test_data": None,
-                  "patience": None, "dp_clip": None, "warmup_steps": None,
+                  "patience": None, "warmup_steps": None,
                   "output_activation": "identity", "loss": None, "momentum": 0.9}
 """Settings of example-array runs that a language-model run does not take (their neutral value)."""
 
@@ -89,6 +103,13 @@ def _settings(config, given, text):
     if config["model"] is None:
         raise ConfigError("model", f"{config['data']!r} trains a GPT: give --model, e.g. "
                           "--model \"gpt n_layer=4 n_head=4 n_embd=128\"")
+    dp_given = [k for k in ("dp_clip", "dp_noise", "dp_epsilon", "dp_delta") if config[k]
+                is not None]
+    if not text and dp_given:
+        raise ConfigError(dp_given[0], "private training of a language model is offered on a "
+                          "text (--data text:PATH, one block of characters per example); the "
+                          f"sort task has none: drop --{dp_given[0].replace('_', '-')}")
+    experiment.dp_config(config)  # the noise, epsilon or delta only with --dp-clip
 
 
 def optimizer(config):
@@ -145,6 +166,47 @@ def _network(config, vocab, block, resume, meta):
     return net
 
 
+def _private(config, data, net, block, given, new):
+    """A private text run's parts: ``(DPConfig, PoissonBlocks, unit, steps per epoch, epochs)``.
+
+    The examples are the N non-overlapping blocks of ``block + 1`` characters
+    of the training split (:func:`functional_bp.lm.privacy_unit`); the run is
+    whole epochs of round(N / batch size) steps, so a new run's ``max_iters``
+    is rounded up to whole epochs (said on stderr; ``lr_decay_iters``
+    follows it when it was ``max_iters``), and the run evaluates every
+    max(1, round(eval_interval / steps per epoch)) epochs and at the end.
+    """
+    from .lm import PoissonBlocks, privacy_unit
+    from .privacy import steps_per_epoch
+
+    if experiment.has_dropout(net):
+        raise ConfigError("dp_clip", f"--model {config['model']!r} has Dropout, which private "
+                          "training does not support (the private step runs the network "
+                          "without dropout masks, so it would train another model): give "
+                          "dropout=0 in --model, or drop --dp-clip")
+    dp = experiment.dp_config(config)
+    unit = privacy_unit(len(data.train), block, what="characters")
+    n = unit["num_blocks"]
+    spe = steps_per_epoch(n, min(config["batch_size"], n))
+    asked = config["max_iters"]
+    if new and asked % spe:
+        epochs = -(-asked // spe)
+        print(f"--max-iters {asked}: a private run trains whole epochs of round(N / batch "
+              f"size) = {spe} steps (N = {n} blocks of {block + 1} characters): rounded up "
+              f"to {epochs} epochs = {epochs * spe} iterations", file=sys.stderr)
+        if config["lr_decay_iters"] == asked and "lr_decay_iters" not in given:
+            config["lr_decay_iters"] = epochs * spe
+        config["max_iters"] = epochs * spe
+    elif asked % spe:
+        raise ConfigError("resume", f"the resumed run's max_iters {asked} is not a whole number "
+                          f"of its private epochs of {spe} steps: the checkpoint was not "
+                          "written by a private text run")
+    sampler = PoissonBlocks(batch_size=config["batch_size"], block_size=block,
+                            eval_every=max(1, round(config["eval_interval"] / spe)),
+                            eval_iters=config["eval_iters"])
+    return dp, sampler, unit, spe, config["max_iters"] // spe
+
+
 def _bar(total, start, quiet):
     try:
         from tqdm import tqdm
@@ -163,6 +225,7 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
     from . import __version__
     from .checkpoint import CheckpointError, write_json_atomically
     from .layers import to_config
+    from .privacy import checkpoint_metadata
     from .lm import RandomProblems, RandomWindows
     from .text import CharCorpus, sort_accuracy, window_length
     from .train import EarlyStopping, fit, init_state, load_state, save_state
@@ -173,6 +236,12 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
     text = config["data"] != "sort"
     if metadata is None:
         _settings(config, given, text)
+    private = config["dp_clip"] is not None
+    dp = unit = epochs = None
+    spe = 1  # iterations per state.epoch: a private run counts epochs
+
+    def iters(st):
+        return st.epoch * spe
     data = experiment.load_data(config)
     if text:
         assert isinstance(data, CharCorpus)
@@ -183,10 +252,14 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
             data.check_block(block)
         except ValueError as e:
             raise ConfigError("data", str(e)) from None
-        sampler = RandomWindows(batch_size=config["batch_size"], block_size=block,
-                                max_iters=config["max_iters"],
-                                eval_interval=config["eval_interval"],
-                                eval_iters=config["eval_iters"])
+        if private:
+            dp, sampler, unit, spe, epochs = _private(config, data, net, block, given,
+                                                      metadata is None)
+        else:
+            sampler = RandomWindows(batch_size=config["batch_size"], block_size=block,
+                                    max_iters=config["max_iters"],
+                                    eval_interval=config["eval_interval"],
+                                    eval_iters=config["eval_iters"])
         parts = dict(train=data.train, val=data.val)
         dataset = {"name": data.name, "vocab_size": vocab_size, "n_train": len(data.train),
                    "n_val": len(data.val)}
@@ -210,6 +283,9 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
             raise ConfigError("resume", str(e)) from None
         history = list(meta.get("history", []))
         before = float(meta.get("train_seconds", 0.0))  # the loop's time before the resume
+    plan = None if dp is None else experiment.dp_plan(
+        dp, state, unit["num_blocks"], config["batch_size"], epochs - state.epoch,
+        resume is not None)
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, k) for k in
              ("params.npz", "best.npz", "metrics.json", "curves.png")}
@@ -219,7 +295,7 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
         try:
             best_state, _ = load_state(paths["best.npz"] if resume is None else os.path.join(
                 os.path.dirname(os.path.abspath(resume)), "best.npz"), optimizer=opt)
-            if best_state.epoch == best["iter"]:
+            if iters(best_state) == best["iter"]:
                 stopper.best_state, stopper.best_record = best_state, dict(best)
         except (OSError, CheckpointError):
             pass
@@ -236,7 +312,8 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
         final = run["history"][-1]
         return experiment.json_safe({
             "version": __version__, "status": status,
-            "config": {**config, "loss": "softmax_cross_entropy", "iters": st.epoch},
+            "config": {**config, "loss": "softmax_cross_entropy", "iters": iters(st),
+                       **({} if plan is None else {"epochs": st.epoch})},
             "network": to_config(net),
             "n_params": sum(int(a.size) for a in jax.tree_util.tree_leaves(st.params)),
             "dataset": dataset, "evals": run["history"], "iter": final["iter"],
@@ -245,10 +322,12 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
             "best_iter": None if stopper is None or stopper.best_record is None
             else stopper.best_record["iter"],
             "train_seconds": round(before + run["seconds"], 3), "resumed_from": resume,
+            "dp": None if plan is None else checkpoint_metadata(plan, st.epoch),
+            "privacy_unit": unit,
         })
 
     def save(st, status):
-        write(paths["params.npz"], st, [r for r in run["history"] if r["iter"] <= st.epoch])
+        write(paths["params.npz"], st, [r for r in run["history"] if r["iter"] <= iters(st)])
         best = None if stopper is None else stopper.best_record
         if best is not None and run["saved_best"] != best["iter"]:
             write(paths["best.npz"], stopper.best_state,
@@ -256,7 +335,7 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
             run["saved_best"] = best["iter"]
         write_json_atomically(paths["metrics.json"], metrics(st, status))
 
-    start = state.epoch
+    start = iters(state)
     bar = _bar(config["max_iters"], start, quiet)
     clock = {"iter": start, "t": time.perf_counter()}
 
@@ -287,13 +366,14 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
         clock["t"] = time.perf_counter()
         state, _ = fit(state, parts["train"], parts.get("test"), val=parts.get("val"),
                        network=net, loss="softmax_cross_entropy", optimizer=opt,
-                       sampler=sampler, callback=on_eval)
+                       sampler=sampler, callback=on_eval, dp=dp,
+                       epochs=None if dp is None else epochs - state.epoch)
     if bar is not None:
         bar.close()
     if run["diverged"] is not None:
         status, state = "diverged", run["good"]
     else:
-        status = ("interrupted" if interrupt.requested and state.epoch < config["max_iters"]
+        status = ("interrupted" if interrupt.requested and iters(state) < config["max_iters"]
                   else "finished")
     if not text and status == "finished":
         forward = jax.jit(lambda p, t: net.forward(p, t)[0])
@@ -303,5 +383,5 @@ def train(config, *, out, resume=None, metadata=None, quiet=False, given=()):
                            title=f"{data.name}: --model {config['model']}, batch "
                            f"{config['batch_size']}")
     return RunResult(status, state, run["history"],
-                     None if stopper is None else stopper.best_record, data, config, None,
-                     paths, config["max_iters"], run["diverged"], run["seconds"])
+                     None if stopper is None else stopper.best_record, data, config, plan,
+                     paths, config["max_iters"], run["diverged"], run["seconds"], unit)

@@ -244,18 +244,26 @@ def _report_iterations(result, args):
     """The summary of a language-model run (iterations); the exit status."""
     last, n = result.history[-1], result.state.epoch
     if result.status == "diverged":
+        held = [r["iter"] for r in result.history if r.get("epoch", r["iter"]) == n]
         print(f"functional-bp train: error: the loss became nan or infinite at iteration "
               f"{result.diverged['iter']}; training stopped. {result.paths['params.npz']} "
-              f"holds iteration {n}, the last evaluated with a finite loss. Try a smaller "
-              f"--lr (now {result.config['lr']:g}).", file=sys.stderr)
+              f"holds iteration {held[-1] if held else n}, the last evaluated with a finite "
+              f"loss. Try a smaller --lr (now {result.config['lr']:g}).", file=sys.stderr)
         return 1
     held = "val_loss" if "val_loss" in last else "test_loss"
     note = "" if result.best is None else f"; best at iter {result.best['iter']}: val loss " \
         f"{result.best['val_loss']:.4f}"
     outputs = "{metrics.json,params.npz,curves.png" + (",best.npz}" if result.best else "}")
-    print(f"{result.data.name}: {n} iterations ({result.status}), train loss "
-          f"{last['train_loss']:.4f}, {held.replace('_', ' ')} {last[held]:.4f}{note}, "
-          f"{result.seconds:.1f} s -> {args.out}/{outputs}")
+    count, private = f"{n} iterations", ""
+    if result.plan is not None:  # a private run: epochs of blocks (functional_bp.lm_run)
+        count = f"{last['iter']} iterations, {n} epoch{'' if n == 1 else 's'}"
+        unit = result.privacy_unit
+        private = experiment.dp_note(result.plan, result.plan.num_examples) + (
+            "" if "epsilon" not in last else f", epsilon {last['epsilon']:.3g} for "
+            f"{unit['protects']}")
+    print(f"{result.data.name}: {count} ({result.status}), train loss "
+          f"{last['train_loss']:.4f}, {held.replace('_', ' ')} {last[held]:.4f}{note}"
+          f"{private}, {result.seconds:.1f} s -> {args.out}/{outputs}")
     if result.status == "interrupted":
         command = ["functional-bp", "train", "--resume", result.paths["params.npz"],
                    "--out", args.out]

@@ -4,8 +4,9 @@ learning-rate schedule and generation.
 - :mod:`.corpus`: ``load_text(path)`` -> :class:`CharCorpus` (nanoGPT's
   ``shakespeare_char/prepare.py`` rules), :func:`encode`, :func:`decode`.
 - :mod:`.sort`: minGPT's sorting task, :func:`sort_problems`, :func:`sort_accuracy`.
-- :mod:`.batches`: :func:`random_windows` (nanoGPT's ``get_batch``) and
-  :func:`estimate_loss`.
+- :mod:`.batches`: :func:`random_windows` (nanoGPT's ``get_batch``),
+  :func:`estimate_loss`, and :func:`text_blocks` (the non-overlapping blocks
+  of a private run).
 - :mod:`.schedule`: :func:`nanogpt_lr_schedule` (nanoGPT's ``get_lr``).
 - :mod:`.generate`: :func:`generate` and :func:`generate_stream` (nanoGPT's
   ``model.generate``, with a fixed-shape window).
@@ -14,7 +15,7 @@ The corpus and sort modules need only numpy; ``functional_bp.datasets`` loads
 both by name (``load_dataset("text:PATH")``, ``load_dataset("sort")``).
 """
 
-from .batches import estimate_loss, random_windows
+from .batches import estimate_loss, random_windows, text_blocks
 from .corpus import CharCorpus, decode, encode, load_text, storage_dtype
 from .generate import generate, generate_stream, window_length
 from .schedule import nanogpt_lr_schedule
@@ -38,5 +39,6 @@ __all__ = [
     "sort_problems",
     "sort_sequences",
     "storage_dtype",
+    "text_blocks",
     "window_length",
 ]

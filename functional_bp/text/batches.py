@@ -87,6 +87,40 @@ def random_windows(key, tokens, *, batch_size: int, block_size: int):
     return _windows(key, tokens, batch_size, block_size)
 
 
+def text_blocks(tokens, block_size: int):
+    """A split cut into non-overlapping blocks of block_size + 1 tokens: ``(x, y)``.
+
+    Block i is ``tokens[i (T + 1) : (i + 1) (T + 1)]`` (T = block_size); x is
+    its first T tokens and y its last T, so y[i, t] is the token after
+    x[i, t], as in a window of :func:`random_windows`. The blocks follow the
+    text in order and cover it from its first token; the last
+    ``len(tokens) mod (T + 1)`` tokens, too few for a block, are dropped (no
+    block is padded and none overlaps another, so each token is in at most
+    one block). These are the examples of a private text run
+    (:class:`functional_bp.lm.PoissonBlocks`): each block is one example for
+    the Poisson sampling and the accountant, so epsilon protects one block.
+
+    Args:
+      tokens: (n,) integer tokens of one split, n >= block_size + 1.
+      block_size: T, the network's context.
+
+    Returns:
+      ``(x, y)``, int32 NumPy arrays of shape (n // (T + 1), T).
+
+    Example::
+
+        >>> import numpy as np
+        >>> x, y = text_blocks(np.arange(11, dtype=np.uint16), block_size=4)
+        >>> x.tolist(), y.tolist()      # tokens 10 (11 mod 5 = 1 token) dropped
+        ([[0, 1, 2, 3], [5, 6, 7, 8]], [[1, 2, 3, 4], [6, 7, 8, 9]])
+    """
+    _check(tokens, 1, block_size, "text_blocks")
+    n = int(tokens.shape[0]) // (block_size + 1)
+    blocks = np.asarray(tokens[: n * (block_size + 1)]).reshape(n, block_size + 1)
+    blocks = blocks.astype(np.int32)
+    return blocks[:, :-1], blocks[:, 1:]
+
+
 def estimate_loss(loss_fn, params, tokens, *, key, eval_iters: int, batch_size: int,
                   block_size: int) -> float:
     """The mean of ``loss_fn`` over ``eval_iters`` random batches of one split (nanoGPT's estimate).
