@@ -1,8 +1,56 @@
 """The DP-SGD clipped gradient side by side with its peers, on the same model and weights.
 
 Every implementation computes the clipped mean (1/m) sum_i g_i min(1, C/||g_i||)
-of one batch (softmax cross-entropy, relu hidden layers, float32, C = 1), from
-the same weights and data:
+of one batch (softmax cross-entropy, float32, C = 1), from the same weights
+and data. Networks (``--networks``):
+
+- ``mnist-wide``, ``small``: MLPs with relu hidden layers (the sections below);
+- ``gpt-cpu``: ``models.gpt(vocab_size=65, block_size=64, n_layer=4, n_head=4,
+  n_embd=128, dropout=0.0, bias=False)`` (nanoGPT's CPU run) on integer
+  tokens and labels (12, 64); ``gpt-large``: T 256, 384 wide, 6 layers, 6
+  heads, batch 64; ``gpt-tiny``: 1 layer, 2 heads, 16 wide, T 8, batch 3 (the
+  smoke test); shapes from ``gpt_bench.SHAPES``. An example is one sequence,
+  its loss the mean over its T positions;
+- ``mnist1d-cnn``, ``2d-cnn``: the CNNs of ``benchmarks/cnn_bench.py``
+  (its ``problems()``), random inputs and labels of 10 classes.
+
+On the GPT and the CNNs (``run_layered``), each implementation is timed for
+the clipped gradient alone and for one training step with AdamW (``step:``
+rows; lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on the tensors with two or
+more axes, nanoGPT's rule):
+
+- ``functional_bp.clipped_grad(..., clip_norm=1.0)`` without noise (ours);
+- ``functional_bp.value_and_grad`` (ours, non-private: the ratio's base);
+- ``jax.vmap(jax.grad) + clip``: ``resmlp_bench.vmap_route`` (the agreement
+  reference);
+- ``jax-privacy clipped_grad`` (jitted, ``normalize_by=m``);
+- ``PyTorch (non-private)``, ``opacus ghost clipping``
+  (``GradSampleModuleFastGradientClipping``, what ``grad_sample_mode="ghost"``
+  builds) and ``opacus per-sample hooks`` (``GradSampleModule``), noise 0,
+  AdamW under Opacus's DP optimizer, on nanoGPT's own ``model.py`` (from
+  ``--nanogpt``) and on PyTorch twins of the CNNs
+  (``benchmarks/dp_peers_torch.py``, weights copied from ours, layouts and
+  kernels transposed). nanoGPT's model is changed by a subclass there and
+  nowhere else: its head is untied (``lm_head`` its own Parameter,
+  initialised from our head, as ours trains it) and its position indices are
+  expanded to a contiguous (B, T) before the position embedding. Opacus's ghost
+  mode does not run without these: the run tries it once on nanoGPT's model
+  as it is and with only the head untied and records the error each stops
+  with.
+
+Every clipped gradient is compared with the vmap reference, and the
+non-private ones with ours, leaf by leaf (max|a - b| / max|b|, float32
+tolerance 2e-5) before any timing. Memory: XLA's ``memory_analysis()``
+temporary bytes for the JAX programs; for PyTorch the peak of the bytes
+allocated through its CPU allocator during one call, from ``torch.profiler``'s
+allocation events (``dp_peers_torch.peak_allocated``: gradients included,
+BLAS/oneDNN scratch space not seen). An implementation that fails, whose
+program would need more temporary memory than the machine has available, or
+whose first call exceeds ``--max-call-s`` is listed with that reason (the
+error, the bytes, or the seconds it took) instead of a time. These networks
+write their own block (the run's label + ", GPT and CNNs").
+
+On the MLPs:
 
 - ``functional_bp.clipped_grad``: norms and clipping from the rows of the
   deltas, one weighted backward pass;
@@ -37,8 +85,13 @@ leaving the other blocks as they are.
 
 Run::
 
-    python benchmarks/dp_peers.py                 # both shapes, ~5 min on 2 cores
+    python benchmarks/dp_peers.py --nanogpt /work/nanogpt     # every network
     python benchmarks/dp_peers.py --shapes small --blocks 2 --out /tmp/r.md
+    python benchmarks/dp_peers.py --networks gpt-tiny mnist1d-cnn 2d-cnn --batch 4 \\
+        --nanogpt /work/nanogpt --blocks 1 --warmup 0 --min-sample-s 0 --out /tmp/r.md
+
+(the MLP shapes alone took ~5 min on 2 cores). torch, opacus and jax-privacy
+must be installed in the same Python for their rows.
 """
 
 from __future__ import annotations
@@ -502,8 +555,11 @@ def layered_torch_routes(twin, x, y, clip_norm, notes, skipped):
 
 
 def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed, batch,
-                check_examples, max_call_s, nanogpt, notes, log=print):
-    """Agreement, memory and times of every implementation on one GPT or CNN."""
+                check_examples, max_call_s, nanogpt, notes, steps=True, log=print):
+    """Agreement, memory and times of every implementation on one GPT or CNN.
+
+    ``steps``: also time each implementation's training step with AdamW.
+    """
     net, params, x, y, input_shape, what, gshape = layered_problem(name, batch, seed)
     m = x.shape[0]
     skipped, errors, stock = {}, {}, {}
@@ -530,40 +586,50 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
             routes.update(layered_torch_routes(twin, xb, yb, clip_norm, notes, skipped))
         return routes
 
+    def first_call(k, r):
+        """One call of route r on the batch it was built for; its result, or None if it failed.
+
+        A PyTorch route's call runs under the profiler: its memory is read off this call.
+        """
+        t0 = time.perf_counter()
+        try:
+            if hasattr(r, "twin_grads"):
+                import dp_peers_torch
+
+                r.memory = dp_peers_torch.peak_allocated(r.call)
+                out = r.twin_grads()
+            else:
+                out = jax.block_until_ready(r.call())
+                out = out[1] if k == VG else out
+        except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+            skipped[k] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            out = None
+        r.first_s = time.perf_counter() - t0
+        return out
+
     def agreement(routes):
-        res = {}
-        for k, r in routes.items():
-            t0 = time.perf_counter()
-            try:
-                if hasattr(r, "twin_grads"):
-                    r.call()
-                    res[k] = r.twin_grads()
-                else:
-                    out = jax.block_until_ready(r.call())
-                    res[k] = out[1] if k == VG else out
-            except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
-                skipped[k] = f"failed: {type(e).__name__}: {str(e)[:300]}"
-            r.first_s = time.perf_counter() - t0
+        res = {k: first_call(k, r) for k, r in routes.items()}
+        res = {k: v for k, v in res.items() if v is not None}
         for k in res:
             against = routes[k].against
             if against in res:
                 errors[k] = (max_rel_error(res[k], res[against]), against)
-        return res
 
     k = m if check_examples is None else min(check_examples, m)
     t0 = time.perf_counter()
     if k < m:  # the agreement on the first k examples, every implementation built for them
         agreement(build(x[:k], y[:k]))
+        failed_on_k = {kk: f"on {k} examples: {v}" for kk, v in skipped.items()}
         skipped.clear()
     routes = build(x, y)
     log(f"[{name}] {len(routes)} implementations built in {time.perf_counter() - t0:.0f} s")
     if k == m:
         agreement(routes)
-    else:  # the first call of each, for the slow-call rule
-        for r in routes.values():
-            t1 = time.perf_counter()
-            r.call() if hasattr(r, "twin_grads") else jax.block_until_ready(r.call())
-            r.first_s = time.perf_counter() - t1
+    else:  # the first call of each on the whole batch (the slow-call rule, PyTorch's memory)
+        for kk, r in routes.items():
+            first_call(kk, r)
+        for kk, v in failed_on_k.items():
+            skipped.setdefault(kk, v)
     log(f"[{name}] agreement on {k} of {m} examples: " + ", ".join(
         f"{kk} {e:.1e} (vs {a})" for kk, (e, a) in errors.items() if kk not in (REF, VG)))
     for kk, r in list(routes.items()):
@@ -573,16 +639,17 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
             skipped[kk] = (f"one call took {r.first_s:.1f} s (over --max-call-s "
                            f"{max_call_s:g}): not timed in the blocks")
             del routes[kk]
-    for kk, r in routes.items():  # memory of the PyTorch routes, measured on one more call
-        if hasattr(r, "twin_grads"):
-            import dp_peers_torch
+    if steps:
+        for kk, r in routes.items():  # PyTorch's memory for a step, on one more step
+            if hasattr(r, "twin_grads"):
+                import dp_peers_torch
 
-            r.memory = dp_peers_torch.peak_allocated(r.call)
-            r.step_memory = dp_peers_torch.peak_allocated(r.step)
+                r.step_memory = dp_peers_torch.peak_allocated(r.step)
     runners = {}
     for kk, r in routes.items():
         runners[kk] = _ready(r.call) if not hasattr(r, "twin_grads") else r.call
-        runners[STEP + kk] = _ready(r.step) if not hasattr(r, "twin_grads") else r.step
+        if steps:
+            runners[STEP + kk] = _ready(r.step) if not hasattr(r, "twin_grads") else r.step
     log(f"[{name}] timing {len(runners)} calls in {blocks} blocks")
     t = timing.compare(runners, warmup=warmup, blocks=blocks, reps=1, min_sample_s=min_sample_s,
                        seed=seed, settle_s=settle_s) if runners else {}
@@ -594,6 +661,12 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
     return {"name": name, "what": what, "m": m, "checked": k, "timings": t, "errors": errors,
             "skipped": skipped, "n_params": n_params, "stock": stock,
             "memory": {kk: (r.memory, r.step_memory, r.kind) for kk, r in routes.items()}}
+
+
+def _settle(args) -> str:
+    if args.settle_s is None:
+        return "no settling pause or untimed call at a switch"
+    return f"{args.settle_s:g} s settling pause and one untimed call at each switch"
 
 
 def render_layered(results, *, label, command, machine, versions, date, elapsed, notes,
@@ -608,18 +681,19 @@ def render_layered(results, *, label, command, machine, versions, date, elapsed,
            "same weights and data; the non-private rows compute the plain mean gradient. "
            "PyTorch and Opacus run nanoGPT's own `model.py` (head untied and positions "
            "expanded to (B, T), see `benchmarks/dp_peers_torch.py`) and PyTorch twins of the "
-           "CNNs, weights copied from ours. *step:* rows: the gradient and one AdamW update "
+           "CNNs, weights copied from ours. *step:* rows (absent with `--no-steps`): the "
+           "gradient and one AdamW update "
            f"(lr {LR:g}, betas {BETAS}, weight decay {WEIGHT_DECAY:g} on the tensors with two "
            "or more axes; optax for JAX, `torch.optim.AdamW` under Opacus's DP optimizer for "
            "Opacus). Times: medians over "
            f"{args.blocks} randomised alternating blocks (samples of at least "
-           f"{args.min_sample_s:g} s, {args.settle_s:g} s settling pause and one untimed call "
-           "at each switch); *× ours*: the paired ratio to `functional_bp.clipped_grad` (to "
-           "its step for the step rows). Error: largest per-leaf max|a−b|/max|b| against the "
+           f"{args.min_sample_s:g} s, {_settle(args)}); *× ours*: the paired ratio to "
+           "`functional_bp.clipped_grad` (to its step for the step rows). Error: largest per-leaf max|a−b|/max|b| against the "
            f"named reference (tolerance {TOL:g}). Memory: for JAX, XLA's `memory_analysis()` "
            "temporary buffers of the compiled program (arguments and outputs not counted); "
            "for PyTorch, the peak of the bytes allocated through PyTorch's CPU allocator "
-           "during one call, net of before, from `torch.profiler`'s allocation events: it "
+           "during one call (the first on the whole batch; for a step, one more step), net "
+           "of before, from `torch.profiler`'s allocation events: it "
            "includes the gradients (and Opacus's per-sample gradients) the call leaves "
            "allocated and misses the BLAS/oneDNN libraries' own scratch space, so the two "
            "columns are of the same kind but not identical in scope.\n"]
@@ -792,8 +866,8 @@ def render(results, *, label, command, machine, versions, date, elapsed, notes, 
            "Each implementation computes the clipped mean (1/m) Σ clip(g_i, C) of one batch "
            f"(C = {args.clip_norm:g}, float32, {THREADS} threads) from the same weights and data. "
            f"Times: medians over {args.blocks} randomised alternating blocks (samples of at least "
-           f"{args.min_sample_s:g} s, {args.settle_s:g} s settling pause and one untimed call at "
-           "each switch); *× ours*: the paired ratio of its time to `functional_bp.clipped_grad`'s. "
+           f"{args.min_sample_s:g} s, {_settle(args)}); *× ours*: the paired ratio of its time "
+           "to `functional_bp.clipped_grad`'s. "
            "Error: largest per-leaf max|a−b|/max|b| against "
            f"`{REF}` (the private step checked with sigma = 0). Temporary memory: XLA's "
            "`memory_analysis()` of the compiled program (JAX only).\n"]
@@ -879,17 +953,22 @@ def main(argv=None) -> int:
     ap.add_argument("--max-call-s", type=float, default=None,
                     help="GPT and CNNs: an implementation whose first call takes longer is "
                          "reported with that time and not timed in the blocks")
+    ap.add_argument("--no-steps", action="store_true",
+                    help="GPT and CNNs: time the clipped gradient only, not the AdamW steps")
     ap.add_argument("--clip-norm", type=float, default=CLIP_NORM)
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--min-sample-s", type=float, default=0.2)
-    ap.add_argument("--settle-s", type=float, default=0.5)
+    ap.add_argument("--settle-s", type=float, default=0.5,
+                    help="pause before each switch, then one untimed call; negative: neither")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--step-cost", action="store_true",
                     help="only the private step's cost study (its own block)")
     a = ap.parse_args(argv)
+    if a.settle_s < 0:
+        a.settle_s = None  # no pause and no untimed call at each switch (steps of seconds)
     if a.step_cost:
         return main_step_cost(a, argv)
     shapes = [s for s in (a.shapes or "").split(",") if s]
@@ -917,7 +996,7 @@ def main(argv=None) -> int:
                                      warmup=a.warmup, min_sample_s=a.min_sample_s,
                                      settle_s=a.settle_s, seed=a.seed, batch=a.batch,
                                      check_examples=a.check_examples, max_call_s=a.max_call_s,
-                                     nanogpt=a.nanogpt, notes=l_notes))
+                                     nanogpt=a.nanogpt, notes=l_notes, steps=not a.no_steps))
     elapsed = time.perf_counter() - started
     load_end = os.getloadavg()
     machine.append(("load average at end", " ".join(f"{v:.2f}" for v in load_end)))
