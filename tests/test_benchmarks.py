@@ -190,3 +190,31 @@ def test_gpt_bench_runs_at_the_tiny_shape(tmp_path):
     # the implementations compute the same numbers, or the timings compare nothing
     assert "vs jax.value_and_grad |" in text and "vs vmap(grad) + clip |" in text
     assert "above 2e-5" not in text
+
+
+def test_dp_peers_runs_on_the_tiny_gpt_and_cnn(tmp_path):
+    """The GPT and CNN rows of dp_peers.py, end to end; torch, opacus and jax-privacy optional."""
+    out = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(BENCH / "dp_peers.py"), "--networks", "gpt-tiny", "mnist1d-cnn",
+           "--batch", "3", "--blocks", "1", "--warmup", "0", "--min-sample-s", "0",
+           "--settle-s", "-1", "--label", "smoke", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for mark in ("begin", "end"):
+        assert f"<!-- run:smoke, GPT and CNNs {mark} -->" in text
+    assert "<!-- run:smoke begin -->" not in text  # no MLP asked for, no MLP block
+    assert "--networks gpt-tiny mnist1d-cnn" in text  # the exact command is recorded
+    for name in ("gpt-tiny", "mnist1d-cnn"):
+        assert f"### {name}: " in text, name
+        # every implementation that ran computed the reference's numbers, or the times mean nothing
+        assert f"| {name}: every implementation agrees within 2e-05 | all | yes |" in text, name
+    for row in ("| functional_bp.clipped_grad | ", "| step: functional_bp.clipped_grad | ",
+                "| jax.vmap(jax.grad) + clip | ", "| functional_bp.value_and_grad (non-private) | "):
+        assert text.count(row) == 2, row
+    assert "e-0" in text.split("| functional_bp.clipped_grad | ")[1].split("\n")[0]  # its error
+    for package in ("torch", "jax_privacy"):
+        if importlib.util.find_spec(package) is None:
+            print(f"note: {package} is not installed here: its rows were skipped")
+            assert f"{package} is not installed" in text
