@@ -47,7 +47,11 @@ allocation events (``dp_peers_torch.peak_allocated``: gradients included,
 BLAS/oneDNN scratch space not seen). An implementation that fails, whose
 program would need more temporary memory than the machine has available, or
 whose first call exceeds ``--max-call-s`` is listed with that reason (the
-error, the bytes, or the seconds it took) instead of a time. These networks
+error, the bytes, or the seconds it took) instead of a time. A network where
+some first call took over ``--slow-s`` seconds (gpt-large: tens of seconds a
+call on 2 cores) is timed in ``--slow-blocks`` blocks of one call per
+implementation, without warm-up or settling calls (its section says so); its
+first calls are the agreement check's. These networks
 write their own block (the run's label + ", GPT and CNNs").
 
 On the MLPs:
@@ -555,10 +559,14 @@ def layered_torch_routes(twin, x, y, clip_norm, notes, skipped):
 
 
 def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed, batch,
-                check_examples, max_call_s, nanogpt, notes, steps=True, log=print):
+                check_examples, max_call_s, nanogpt, notes, steps=True, slow_s=None,
+                slow_blocks=1, log=print):
     """Agreement, memory and times of every implementation on one GPT or CNN.
 
     ``steps``: also time each implementation's training step with AdamW.
+    ``slow_s``: when some implementation's first call took longer, the
+    network is timed in at most ``slow_blocks`` blocks of one call per
+    implementation, without warm-up or settling calls.
     """
     net, params, x, y, input_shape, what, gshape = layered_problem(name, batch, seed)
     m = x.shape[0]
@@ -650,7 +658,12 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
         runners[kk] = _ready(r.call) if not hasattr(r, "twin_grads") else r.call
         if steps:
             runners[STEP + kk] = _ready(r.step) if not hasattr(r, "twin_grads") else r.step
-    log(f"[{name}] timing {len(runners)} calls in {blocks} blocks")
+    slowest = max((r.first_s for r in routes.values()), default=0.0)
+    slow = slow_s is not None and slowest > slow_s
+    if slow:  # calls of seconds: one call per sample, no warm-up beyond the first, no settling
+        warmup, min_sample_s, settle_s, blocks = 0, 0.0, None, min(blocks, slow_blocks)
+    log(f"[{name}] timing {len(runners)} calls in {blocks} blocks"
+        + (f" (slow: the slowest first call took {slowest:.1f} s)" if slow else ""))
     t = timing.compare(runners, warmup=warmup, blocks=blocks, reps=1, min_sample_s=min_sample_s,
                        seed=seed, settle_s=settle_s) if runners else {}
     for kk, v in t.items():
@@ -660,6 +673,7 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
         log(f"[{name}] Opacus ghost clipping on {variant}: {outcome}")
     return {"name": name, "what": what, "m": m, "checked": k, "timings": t, "errors": errors,
             "skipped": skipped, "n_params": n_params, "stock": stock,
+            "slow": (slowest, blocks) if slow else None,
             "memory": {kk: (r.memory, r.step_memory, r.kind) for kk, r in routes.items()}}
 
 
@@ -701,7 +715,11 @@ def render_layered(results, *, label, command, machine, versions, date, elapsed,
     for r in results:
         t = r["timings"]
         out.append(f"### {r['name']}: {r['what']}, {r['n_params']:,} parameters\n")
-        out.append(f"Agreement checked on {r['checked']} of {r['m']} examples.\n")
+        out.append(f"Agreement checked on {r['checked']} of {r['m']} examples."
+                   + (f" Timed as a slow network (the slowest first call took "
+                      f"{r['slow'][0]:.1f} s, over --slow-s {args.slow_s:g}): {r['slow'][1]} "
+                      "block(s) of one call per implementation, no warm-up or settling call."
+                      if r.get("slow") else "") + "\n")
         rows = []
         for prefix, col in (("", 0), (STEP, 1)):
             base = t.get(prefix + OURS)
@@ -953,6 +971,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-call-s", type=float, default=None,
                     help="GPT and CNNs: an implementation whose first call takes longer is "
                          "reported with that time and not timed in the blocks")
+    ap.add_argument("--slow-s", type=float, default=10.0,
+                    help="GPT and CNNs: a network where some first call takes longer is timed "
+                         "in --slow-blocks blocks of one call each, no warm-up, no settling")
+    ap.add_argument("--slow-blocks", type=int, default=1)
     ap.add_argument("--no-steps", action="store_true",
                     help="GPT and CNNs: time the clipped gradient only, not the AdamW steps")
     ap.add_argument("--clip-norm", type=float, default=CLIP_NORM)
@@ -996,7 +1018,8 @@ def main(argv=None) -> int:
                                      warmup=a.warmup, min_sample_s=a.min_sample_s,
                                      settle_s=a.settle_s, seed=a.seed, batch=a.batch,
                                      check_examples=a.check_examples, max_call_s=a.max_call_s,
-                                     nanogpt=a.nanogpt, notes=l_notes, steps=not a.no_steps))
+                                     nanogpt=a.nanogpt, notes=l_notes, steps=not a.no_steps,
+                                     slow_s=a.slow_s, slow_blocks=a.slow_blocks))
     elapsed = time.perf_counter() - started
     load_end = os.getloadavg()
     machine.append(("load average at end", " ".join(f"{v:.2f}" for v in load_end)))
