@@ -22,10 +22,15 @@ short run on 2 busy cores from a handful of tries at epsilon 3 (batch 64 and
 The table goes into ``benchmarks/RESULTS.md`` as its own block
 (``report.write_block``), with the commands.
 
+``--lm`` runs the language-model table instead (``benchmarks/dp_lm_table.py``:
+a character GPT on tiny Shakespeare at epsilon 3 and 8 next to non-private,
+validation loss and samples).
+
 Run::
 
     python benchmarks/dp_table.py                       # digits and mnist1d, ~5 min
     python benchmarks/dp_table.py --data digits --out /tmp/r.md
+    python benchmarks/dp_table.py --lm --data tinyshakespeare.txt --readme README.md
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ def cell(values):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--lm" in argv:  # the language-model table (benchmarks/dp_lm_table.py)
+        import dp_lm_table
+
+        return dp_lm_table.main([a for a in argv if a != "--lm"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=",".join(DATASETS), help="comma-separated data sets")
     ap.add_argument("--seeds", type=int, default=len(SEEDS))
@@ -109,8 +119,7 @@ def main(argv=None) -> int:
     load_end = os.getloadavg()
     machine.append(("load average at end", " ".join(f"{v:.2f}" for v in load_end)))
 
-    cmd = "python " + shlex.join(["benchmarks/dp_table.py"]
-                                 + (sys.argv[1:] if argv is None else list(argv)))
+    cmd = "python " + shlex.join(["benchmarks/dp_table.py"] + argv)
     out = [f"## {label}", "", f"Command: `{cmd}` ({report.now()}, {elapsed:.0f} s in all)", ""]
     out += [f"- {k}: {v}" for k, v in machine]
     out += ["", "Test accuracy (%) of the command line's default network [n_0, 256, n_L] "
