@@ -66,7 +66,7 @@ from grad_step import hlo_summary, max_leaf_error  # noqa: E402
 from report import fmt_time, table  # noqa: E402
 
 import functional_bp as fbp  # noqa: E402
-from functional_bp import layers as fl  # noqa: E402
+from functional_bp import layers as fl, per_example  # noqa: E402
 from functional_bp.network import objective_from_arrays  # noqa: E402
 from functional_bp.losses import get_loss  # noqa: E402
 
@@ -116,16 +116,8 @@ def vmap_route(net, clip_norm):
 
 
 def noise_alone(params):
-    """jitted key -> one N(0, 1) per parameter, a split of the key per leaf (clipped_grad's draw)."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-
-    @jax.jit
-    def draw(key):
-        keys = jax.random.split(key, len(leaves))
-        return treedef.unflatten([jax.random.normal(k, g.shape, g.dtype)
-                                  for g, k in zip(leaves, keys)])
-
-    return draw
+    """jitted key -> one N(0, 1) per parameter, drawn as clipped_grad draws it (one draw, cut into leaves)."""
+    return jax.jit(lambda key: per_example.gaussian_noise(key, params, 1.0))
 
 
 def _ready(v):

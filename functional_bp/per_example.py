@@ -53,9 +53,9 @@ def _cotangents(net, params, x, y, loss, key):
     return caches, cots
 
 
-def _sq_norms(net, params, caches, cots, m, dtype):
-    sq = net.sq_norms_trace(params, caches, cots)
-    return jnp.zeros((m,), dtype) if sq is None else sq
+def _norms(sq, cots, m):
+    """||g_i|| (m,) from the summed squared norms (None: no layer has parameters)."""
+    return jnp.sqrt(jnp.zeros((m,), cots_dtype(cots)) if sq is None else sq)
 
 
 def clip_factors(norms, clip_norm):
@@ -81,7 +81,7 @@ def per_example_grads_from_arrays(params, x, y, key=None, *, view, loss):
 def per_example_grad_norms_from_arrays(params, x, y, key=None, *, view, loss):
     """||g_i|| for validated arrays, shape (m,), without forming any g_i."""
     caches, cots = _cotangents(view.net, params, x, y, loss, key)
-    return jnp.sqrt(_sq_norms(view.net, params, caches, cots, x.shape[0], cots_dtype(cots)))
+    return _norms(view.net.sq_norms_trace(params, caches, cots), cots, x.shape[0])
 
 
 def cots_dtype(cots):
@@ -99,16 +99,39 @@ def clipped_sum_from_arrays(params, x, y, clip_norm, noise_multiplier, key, *, v
     net = view.net
     dropout_key = None if key is None else jax.random.fold_in(key, 1)
     caches, cots = _cotangents(net, params, x, y, loss, dropout_key)
-    norms = jnp.sqrt(_sq_norms(net, params, caches, cots, x.shape[0], cots_dtype(cots)))
-    c = clip_factors(norms, clip_norm) * weights
-    grads = net.scaled_grads(params, caches, cots, c)
+    sq, grads_of = net.clipping_trace(params, caches, cots)
+    grads = grads_of(clip_factors(_norms(sq, cots, x.shape[0]), clip_norm) * weights)
     if key is None:
         return grads
-    leaves, treedef = jax.tree_util.tree_flatten(grads)
-    keys = jax.random.split(key, max(len(leaves), 1))
     std = noise_multiplier * jnp.where(clip_norm > 0, clip_norm, 0) * noise_scale
-    noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
-    return treedef.unflatten(noisy)
+    return jax.tree_util.tree_map(jnp.add, grads, gaussian_noise(key, grads, std))
+
+
+def gaussian_noise(key, like, std):
+    """A pytree shaped like ``like``: independent N(0, std^2) on every coordinate.
+
+    One draw of n = (number of coordinates) normals, ``std *
+    jax.random.normal(key, (n,))``, cut into the leaves in
+    ``jax.tree_util.tree_leaves`` order (each slice reshaped to its leaf and
+    cast to its dtype). A single draw costs one random-bits pass whatever
+    the number of leaves; a key per leaf would add a split and a separate
+    pass for each.
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp
+        >>> z = gaussian_noise(jax.random.key(0), [{"W": jnp.zeros((2, 3)), "b": jnp.zeros(3)}], 0.5)
+        >>> z[0]["W"].shape, z[0]["b"].shape
+        ((2, 3), (3,))
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    if not leaves:
+        return like
+    sizes = [int(np.prod(v.shape)) for v in leaves]
+    z = std * jax.random.normal(key, (sum(sizes),), jnp.result_type(*leaves))
+    ends = np.cumsum(sizes)
+    return treedef.unflatten([z[e - n:e].reshape(v.shape).astype(v.dtype)
+                              for v, n, e in zip(leaves, sizes, ends)])
 
 
 def _clipped_grad_traced(params, x, y, clip_norm, noise_multiplier, key, *, view, loss):

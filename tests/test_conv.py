@@ -199,16 +199,18 @@ class GramWithoutCrossTerms1D(Conv1D):
 
 @dataclasses.dataclass(frozen=True)
 class StrideIgnoredInNorm1D(Conv1D):
-    """The direct form on taps read at t + j d (stride 1) instead of t s + j d."""
+    """The direct form's per-example blocks on taps read at t + j d (stride 1), not t s + j d.
 
-    def sq_norms(self, params, cache, dy):
-        assert self.norm_form(cache.shape[1:]) == "direct"
+    Both the norm and the clipped sum (which reuses the blocks) go wrong.
+    """
+
+    def example_grads(self, x, dy):
+        assert self.norm_form(x.shape[1:]) == "direct"
         (k,), _, (d,) = self._geometry()
-        pads = resolve_padding(self.padding, cache.shape[1:-1], *self._geometry())
+        pads = resolve_padding(self.padding, x.shape[1:-1], *self._geometry())
         T = dy.shape[1]
-        views = [v[:, :T] for v in conv_module.tap_views(cache, (k,), (1,), (d,), pads)]
-        w = sum(jnp.sum(jnp.einsum("mtc,mto->mco", v, dy) ** 2, axis=(1, 2)) for v in views)
-        return w + jnp.sum(jnp.sum(dy, axis=1) ** 2, axis=-1)
+        views = [v[:, :T] for v in conv_module.tap_views(x, (k,), (1,), (d,), pads)]
+        return jnp.stack([jnp.einsum("mtc,mto->mco", v, dy) for v in views], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -200,12 +200,13 @@ def _reference(params, x, y, key, *, N, batch_size, clip_norm, sigma):
     leaves = [np.asarray(v, np.float64)[idx] for v in leaves]
     sq = sum(np.sum(v.reshape(len(idx), -1) ** 2, axis=1) for v in leaves)
     c = np.minimum(1.0, clip_norm / np.sqrt(sq))
-    keys = jax.random.split(noise_key, len(leaves))
+    # one draw of a normal per parameter, cut into the leaves in tree_leaves order
+    sizes = [int(np.prod(v.shape[1:])) for v in leaves]
+    z = np.asarray(jax.random.normal(noise_key, (sum(sizes),), x.dtype), np.float64)
     out = []
-    for v, k in zip(leaves, keys):
+    for v, end, size in zip(leaves, np.cumsum(sizes), sizes):
         clipped = np.tensordot(c, v, axes=1)
-        noise = sigma * clip_norm * np.asarray(jax.random.normal(k, v.shape[1:], x.dtype),
-                                               np.float64)
+        noise = sigma * clip_norm * z[end - size:end].reshape(v.shape[1:])
         out.append((clipped + noise) / batch_size)
     return treedef.unflatten(out), len(idx), c
 

@@ -92,6 +92,20 @@ class Layer:
             return params
         return self.backward(params, cache, rows(c, cot) * cot)[0]
 
+    def clipping_trace(self, params, cache, cot):
+        """``(sq_norms, grads_of)``: each example's squared norm (m,) or None, and c -> dparams.
+
+        ``grads_of(c)`` is sum_i c_i dL_i/dparams, the clipped sum once the
+        clip factors c (m,) are known. By default the norms are
+        :meth:`sq_norms` and ``grads_of`` runs the parameter backward again on
+        the cotangent with row i scaled by c_i (:meth:`scaled_grads`). A layer
+        whose norm forms each example's gradient anyway (a direct form)
+        returns the c-weighted sum of those instead, which skips that second
+        backward.
+        """
+        return (self.sq_norms_trace(params, cache, cot),
+                lambda c: self.scaled_grads(params, cache, cot, c))
+
     def per_example_grads_trace(self, params, cache, cot):
         """Each example's own dparams (leading axis m): this layer's backward on one row at a time.
 

@@ -371,13 +371,13 @@ class _Conv(Layer):
         Example n's weight gradient is U_n^T G_n, U_n (P, K c_in) its patch
         matrix and G_n (P, c_out) its cotangent; the tap views V_{n,j} (P,
         c_in) (:func:`tap_views`) are U_n's column blocks, so U_n^T G_n is
-        the stack of the V_{n,j}^T G_n. Two exact forms, neither forming
-        the per-example gradients of the whole layer at once nor the patches
-        in the direct form:
+        the stack of the V_{n,j}^T G_n. Two exact forms:
 
         - direct: ||U_n^T G_n||^2 = sum_j ||V_{n,j}^T G_n||^2, one batched
-          (c_in, P) x (P, c_out) product per tap on a strided view of X:
-          P K c_in c_out multiply-adds per example;
+          (c_in, P) x (P, c_out) product per tap on a strided view of X
+          (:meth:`example_grads`: each example's gradient, K c_in c_out
+          numbers, without unfolding the patches): P K c_in c_out
+          multiply-adds per example;
         - Gram: <U_n U_n^T, G_n G_n^T>, both (P, P) over positions, U_n
           unfolded: P^2 (K c_in + c_out) per example; it keeps the cross
           terms t != t' (overlapping or not, every pair of positions
@@ -390,20 +390,50 @@ class _Conv(Layer):
         """
         x, m = cache, cache.shape[0]
         form = self.norm_form(x.shape[1:]) if form is None else form
-        k, s, d = self._geometry()
-        views = tap_views(x, k, s, d, resolve_padding(self.padding, x.shape[1:-1], k, s, d))
-        V = [v.reshape(m, -1, x.shape[-1]) for v in views]                # (m, P, c_in) each
         G = dy.reshape(m, -1, dy.shape[-1])                               # (m, P, c_out)
         if form == "gram":
-            U = jnp.concatenate(V, axis=-1)                               # (m, P, K c_in)
+            k, s, d = self._geometry()
+            views = tap_views(x, k, s, d, resolve_padding(self.padding, x.shape[1:-1], k, s, d))
+            U = jnp.concatenate([v.reshape(m, -1, x.shape[-1]) for v in views], axis=-1)
             w = jnp.sum(jnp.einsum("mtk,msk->mts", U, U) * jnp.einsum("mto,mso->mts", G, G),
-                        axis=(1, 2))
+                        axis=(1, 2))                                      # U (m, P, K c_in)
         elif form == "direct":
-            w = sum(sum_rows(jnp.einsum("mtc,mto->mco", v, G)) for v in V)
+            w = sum_rows(self.example_grads(x, dy))
         else:
             raise ValueError(f"{type(self).__name__}.sq_norms(form): 'gram', 'direct' or None; "
                              f"got {form!r}")
         return w + sum_rows(jnp.sum(G, axis=1))
+
+    def example_grads(self, x, dy):
+        """Each example's own dL_n/dW, (m, *kernel_size, c_in, c_out): the direct form's blocks.
+
+        Tap j's block is V_{n,j}^T G_n, V_{n,j} (P, c_in) the strided view of
+        X for that tap (:func:`tap_views`) and G_n (P, c_out) the example's
+        cotangent: one batched product per tap, P c_in c_out multiply-adds
+        per example each, without unfolding the patches.
+        """
+        k, s, d = self._geometry()
+        m, c_in, c_out = x.shape[0], x.shape[-1], dy.shape[-1]
+        views = tap_views(x, k, s, d, resolve_padding(self.padding, x.shape[1:-1], k, s, d))
+        G = dy.reshape(m, -1, c_out)
+        blocks = [jnp.einsum("mtc,mto->mco", v.reshape(m, -1, c_in), G) for v in views]
+        return jnp.stack(blocks, axis=1).reshape(m, *k, c_in, c_out)
+
+    def clipping_trace(self, params, cache, dy):
+        """The norms and c -> the clipped sum; in the direct form without a second backward.
+
+        The direct form has formed each example's dL_n/dW (:meth:`example_grads`),
+        so the clipped sum is sum_n c_n dL_n/dW (m K c_in c_out multiply-adds)
+        instead of the weight gradient's convolution again on the scaled
+        cotangent (P K c_in c_out per example); db = sum_n c_n 1^T G_n. The
+        Gram form keeps the default (:meth:`Layer.clipping_trace`).
+        """
+        if self.norm_form(cache.shape[1:]) != "direct":
+            return super().clipping_trace(params, cache, dy)
+        g = self.example_grads(cache, dy)                                 # (m, *k, c_in, c_out)
+        g_b = jnp.sum(dy.reshape(dy.shape[0], -1, dy.shape[-1]), axis=1)  # (m, c_out)
+        return sum_rows(g) + sum_rows(g_b), lambda c: {"W": jnp.tensordot(c, g, axes=1),
+                                                       "b": c @ g_b}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,9 +159,11 @@ class Sequential(Layer):
         return [layer.per_example_grads_trace(p, cache, cot)
                 for layer, p, cache, cot in zip(self.layers, params, caches, cots)]
 
-    def scaled_grads(self, params, caches, cots, c):
-        return [layer.scaled_grads(p, cache, cot, c)
-                for layer, p, cache, cot in zip(self.layers, params, caches, cots)]
+    def clipping_trace(self, params, caches, cots):
+        parts = [layer.clipping_trace(p, cache, cot)
+                 for layer, p, cache, cot in zip(self.layers, params, caches, cots)]
+        sq = [s for s, _ in parts if s is not None]
+        return (sum(sq[1:], sq[0]) if sq else None), lambda c: [f(c) for _, f in parts]
 
 
 @dataclasses.dataclass(frozen=True, init=False, repr=False)  # Sequential's repr: Residual(...)

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from .. import _validate, per_example
+from ..per_example import gaussian_noise
 from ..parallel import DATA, check_mesh, pad_rows
 from ..layers import Dropout, Layer
 from .config import DPPlan, check_plan
@@ -63,25 +64,6 @@ def _clipped_sum(params, x, y, weights, clip_norm, model, loss, mesh=None):
 
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P(DATA)),
                          out_specs=P())(params, x, y, weights)
-
-
-def gaussian_noise(key, like, std):
-    """A pytree shaped like ``like``: independent N(0, std^2) on every coordinate.
-
-    One key per leaf, ``jax.random.split(key, number of leaves)`` in
-    ``jax.tree_util.tree_leaves`` order, and ``std * jax.random.normal(k,
-    leaf.shape, leaf.dtype)`` for each.
-
-    Example::
-
-        >>> import jax, jax.numpy as jnp
-        >>> gaussian_noise(jax.random.key(0), [{"W": jnp.zeros((2, 3))}], 0.5)[0]["W"].shape
-        (2, 3)
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([std * jax.random.normal(k, g.shape, g.dtype)
-                              for g, k in zip(leaves, keys)])
 
 
 def _static(activations, network=None):
