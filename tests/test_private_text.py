@@ -289,3 +289,31 @@ def test_the_sort_task_refuses_private_training(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --dp-clip" in err and "text:PATH" in err
+
+
+# ------------------------------------------------------------------- the benchmark's table
+def test_the_lm_table_gives_both_sides_the_same_whole_epochs_and_fills_the_readme(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import dp_lm_table
+
+    n, spe, steps = dp_lm_table.schedule(1_003_854, 128, 1)   # tiny Shakespeare's training split
+    assert (n, spe, steps) == (15443, 121, 121)
+    plain = dp_lm_table.command("t.txt", 0, None, batch=128, steps=steps, eval_iters=20)
+    private = dp_lm_table.command("t.txt", 0, 3.0, batch=128, steps=steps, eval_iters=20)
+    assert private[: len(plain)] == plain      # the same run, plus the --dp options
+    assert private[len(plain):] == ["--dp-clip", "1", "--dp-epsilon", "3"]
+    i = plain.index("--max-iters")
+    assert plain[i + 1] == str(steps) and steps % spe == 0   # no rounding: the same steps
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- dp-lm:begin -->\nold\n<!-- dp-lm:end -->\nb\n")
+    rows = [dict(eps=None, losses=[2.0, 2.5]), dict(eps=3.0, losses=[3.0, 3.5])]
+    dp_lm_table.fill_readme(readme, dp_lm_table.readme_table(rows, 2))
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("a\n") and text.endswith("\nb\n")
+    assert "| non-private | 2.0000, 2.5000 | 2.2500 |" in text
+    assert "| DP-SGD, ε = 3 | 3.0000, 3.5000 | 3.2500 |" in text
+    with pytest.raises(SystemExit, match="dp-lm"):
+        dp_lm_table.fill_readme(tmp_path / "none.md", None)
