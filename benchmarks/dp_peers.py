@@ -471,7 +471,7 @@ def layered_jax_routes(net, params, x, y, clip_norm, notes, skipped, steps=True)
     return routes
 
 
-def layered_torch_routes(twin, x, y, clip_norm, notes, skipped):
+def layered_torch_routes(twin, x, y, clip_norm, notes, skipped, steps=True):
     """name -> Route for PyTorch (non-private), Opacus ghost clipping and per-sample hooks."""
     import torch
     from opacus import GradSampleModule
@@ -562,7 +562,7 @@ def layered_torch_routes(twin, x, y, clip_norm, notes, skipped):
             skipped[name] = f"failed: {type(e).__name__}: {str(e)[:300]}"
             continue
         routes[name] = Route(name, grad, None, against=VG if name == TORCH else REF,
-                             step=step, kind="PyTorch peak allocated")
+                             step=step if steps else None, kind="PyTorch peak allocated")
         routes[name].twin_grads = partial(twin.grads, model)
     return routes
 
@@ -600,7 +600,7 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
                         Path(nanogpt), params, dict(gshape), xb, yb, clip_norm))
             else:
                 twin = dp_peers_torch.cnn_twin(net, params, input_shape)
-            routes.update(layered_torch_routes(twin, xb, yb, clip_norm, notes, skipped))
+            routes.update(layered_torch_routes(twin, xb, yb, clip_norm, notes, skipped, steps))
         return routes
 
     def first_call(k, r):
@@ -656,16 +656,31 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
             skipped[kk] = (f"one call took {r.first_s:.1f} s (over --max-call-s "
                            f"{max_call_s:g}): not timed in the blocks")
             del routes[kk]
-    if steps:
-        for kk, r in routes.items():  # PyTorch's memory for a step, on one more step
+    for kk, r in routes.items():  # each step's first call, untimed (PyTorch's memory read off it)
+        if r.step is None:
+            continue
+        t1 = time.perf_counter()
+        try:
             if hasattr(r, "twin_grads"):
                 import dp_peers_torch
 
                 r.step_memory = dp_peers_torch.peak_allocated(r.step)
+            else:
+                jax.block_until_ready(r.step())
+        except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+            skipped[STEP + kk] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            r.step = None
+            continue
+        took = time.perf_counter() - t1
+        r.first_s = max(r.first_s, took)
+        if max_call_s is not None and took > max_call_s:
+            skipped[STEP + kk] = (f"one call took {took:.1f} s (over --max-call-s "
+                                  f"{max_call_s:g}): not timed in the blocks")
+            r.step = None
     runners = {}
     for kk, r in routes.items():
         runners[kk] = _ready(r.call) if not hasattr(r, "twin_grads") else r.call
-        if steps:
+        if r.step is not None:
             runners[STEP + kk] = _ready(r.step) if not hasattr(r, "twin_grads") else r.step
     slowest = max((r.first_s for r in routes.values()), default=0.0)
     slow = slow_s is not None and slowest > slow_s
@@ -743,8 +758,9 @@ def render_layered(results, *, label, command, machine, versions, date, elapsed,
                                  "—" if mem != mem else f"{report.fmt_bytes(mem)} ({kind})",
                                  "—" if err is None or prefix or name in (REF, VG) else
                                  f"{err[0]:.1e} vs {err[1]}"])
-                elif name in r["skipped"] and not prefix:
-                    rows.append([name, "not run: " + r["skipped"][name], "—", "—", "—"])
+                elif key in r["skipped"] or (name in r["skipped"] and not prefix):
+                    rows.append([key, "not timed: " + r["skipped"].get(key, r["skipped"].get(name)),
+                                 "—", "—", "—"])
         out.append(table(["implementation", "median (IQR)", "× ours", "memory", "error"], rows))
         out.append("")
         if r.get("stock"):
