@@ -53,8 +53,6 @@ from network_strategies import (
     compare_per_example,
     make_net_case,
     net_cases,
-    per_example_norms,
-    reference_per_example,
 )
 from strategies import cases
 
@@ -263,16 +261,37 @@ def test_dense_sq_norms_gram_and_direct(extra, n_in, n_out, form):
     dy = jnp.asarray(np.random.default_rng(0).standard_normal((m, *extra, n_out)), jnp.float32)
     shapes = _intermediate_shapes(layer.sq_norms, p1, x, dy)
     assert ((m, T, T) in shapes) == gram and ((m, n_in, n_out) in shapes) == (not gram)
-    # the norms of the whole network against the reference
-    ref = reference_per_example(case)
-    got = fbp.per_example_grad_norms(case.params, case.batch, **case.kwargs(with_l2=False))
-    assert_tree_close(got, per_example_norms(ref), rtol_for(jnp.float32), "norms")
+    assert layer.norm_form(x.shape[1:]) == form
+    # the whole network's per-example gradients, norms and clipped gradient (the direct
+    # form's clipped sum reuses its blocks A_i^T G_i) against the reference
+    compare_per_example(case)
     # and the layer's own sum of squares against its per-example gradient
     g = np.asarray(np.einsum("mtk,mtj->mkj", np.asarray(x).reshape(m, T, n_in),
                              np.asarray(dy).reshape(m, T, n_out)), np.float64)
     gb = np.asarray(dy, np.float64).reshape(m, T, n_out).sum(axis=1)
     want = (g ** 2).sum(axis=(1, 2)) + (gb ** 2).sum(axis=1)
     assert_tree_close(layer.sq_norms(p1, x, dy), want, rtol_for(jnp.float32), "sq_norms")
+
+
+class _DenseGramWithoutCrossTerms(Dense):
+    """The Gram form summed over t = t' only: sum_t ||a_t||^2 ||g_t||^2 (no t != t' terms)."""
+
+    def sq_norms(self, params, cache, dy):
+        assert self.norm_form(cache.shape[1:]) == "gram"  # the form this twin stands in for
+        a, g = cache.reshape(cache.shape[0], -1, cache.shape[-1]), dy.reshape(dy.shape[0], -1,
+                                                                             dy.shape[-1])
+        w = jnp.sum(jnp.sum(a * a, -1) * jnp.sum(g * g, -1), axis=1)
+        return w + jnp.sum(jnp.sum(g, axis=1) ** 2, axis=-1)
+
+
+def test_a_dense_gram_form_without_its_cross_position_terms_is_caught():
+    """The wrong twin fails the comparison that the right Gram form passes on the same case."""
+    def case_for(layer):
+        return make_net_case(Sequential(layer, Flatten(), Dense(2)), (2, 6), 3, "mse", seed=8)
+
+    compare_per_example(case_for(Dense(6)))  # T (n_in + n_out) = 24 < 36: the Gram form
+    with pytest.raises(AssertionError, match="norms"):
+        compare_per_example(case_for(_DenseGramWithoutCrossTerms(6)))
 
 
 # --- errors -------------------------------------------------------------------------

@@ -23,7 +23,9 @@ dL_i/dW = A_i^T G_i and dL_i/db = 1^T G_i, so::
     ||dL_i/db||^2 = ||1^T G_i||^2
 
 With extra axes the Gram form costs about T^2 (n_in + n_out) per example and
-the direct form T n_in n_out; the cheaper one is used (ghost clipping).
+the direct form T n_in n_out; the cheaper one is used (ghost clipping,
+:meth:`Dense.norm_form`). The direct form forms each example's A_i^T G_i, so
+the clipped gradient reuses them (:meth:`Dense.clipping_trace`).
 
 Example::
 
@@ -42,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -98,16 +101,54 @@ class Dense(Layer):
             grads["b"] = jnp.sum(delta2, axis=0)         # 1^T G
         return grads, delta @ W.T  # dJ/dA = G W^T
 
+    def norm_form(self, input_shape) -> str:
+        """How :meth:`sq_norms` works for one example's input shape (n_in,) or (..., n_in).
+
+        ``"rows"`` without extra axes ((||a_i||^2 + 1) ||g_i||^2); with T
+        positions, ``"gram"`` when T^2 (n_in + n_out) < T n_in n_out (the
+        two (T, T) Grams), else ``"direct"`` (each example's A_i^T G_i).
+
+        >>> from functional_bp import layers as fl
+        >>> fl.Dense(384).norm_form((64, 128)), fl.Dense(8).norm_form((64, 4)), fl.Dense(8).norm_form((4,))
+        ('gram', 'direct', 'rows')
+        """
+        if len(input_shape) == 1:
+            return "rows"
+        T, n_in, n_out = math.prod(input_shape[:-1]), input_shape[-1], self.features
+        return "gram" if T * T * (n_in + n_out) < T * n_in * n_out else "direct"
+
+    def example_grads(self, a, delta):
+        """Each example's dL_i/dW = A_i^T G_i, (m, n_in, n_out), from A (m, ..., n_in), G (m, ..., n_out)."""
+        m = a.shape[0]
+        return jnp.einsum("mtk,mtj->mkj", a.reshape(m, -1, a.shape[-1]),
+                          delta.reshape(m, -1, delta.shape[-1]))
+
     def sq_norms(self, params, cache, dy):
         a, delta = cache, dy
-        if a.ndim == 2:  # one row per example
+        form = self.norm_form(a.shape[1:])
+        if form == "rows":  # one row per example
             return (sum_rows(a) + self.bias) * sum_rows(delta)
         m, n_in, n_out = a.shape[0], a.shape[-1], delta.shape[-1]
-        a, delta = a.reshape(m, -1, n_in), delta.reshape(m, -1, n_out)
-        T = a.shape[1]
-        if T * T * (n_in + n_out) < T * n_in * n_out:  # Gram form
+        if form == "gram":
+            a, delta = a.reshape(m, -1, n_in), delta.reshape(m, -1, n_out)
             w = jnp.sum(jnp.einsum("mtk,msk->mts", a, a) * jnp.einsum("mtj,msj->mts", delta, delta),
                         axis=(1, 2))
-        else:  # direct form
-            w = sum_rows(jnp.einsum("mtk,mtj->mkj", a, delta))
-        return w + sum_rows(jnp.sum(delta, axis=1)) if self.bias else w
+        else:
+            w = sum_rows(self.example_grads(a, delta))
+        return w + sum_rows(jnp.sum(delta.reshape(m, -1, n_out), axis=1)) if self.bias else w
+
+    def clipping_trace(self, params, cache, dy):
+        """In the direct form the clipped dW is sum_i c_i A_i^T G_i, from the blocks the norm formed.
+
+        That replaces the second A^T (c ⊙ G) product (T n_in n_out multiply-adds
+        per example) by an m-term sum; the other forms keep the default.
+        """
+        if self.norm_form(cache.shape[1:]) != "direct":
+            return super().clipping_trace(params, cache, dy)
+        m = dy.shape[0]
+        g = self.example_grads(cache, dy)                                 # (m, n_in, n_out)
+        if not self.bias:
+            return sum_rows(g), lambda c: {"W": jnp.tensordot(c, g, axes=1)}
+        g_b = jnp.sum(dy.reshape(m, -1, dy.shape[-1]), axis=1)            # (m, n_out)
+        return sum_rows(g) + sum_rows(g_b), lambda c: {"W": jnp.tensordot(c, g, axes=1),
+                                                       "b": c @ g_b}
