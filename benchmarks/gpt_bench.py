@@ -25,6 +25,11 @@ Implementations, on the same params and batch:
   target ours / this <= 1.05 (issue 18);
 - ``clipped_grad``: ``fbp.clipped_grad(..., clip_norm=1.0)`` without noise;
   target clipped_grad / ours <= 1.3 (issue 21);
+- ``clipped_grad + noise``: the same with noise multiplier 1 (one normal per
+  parameter), against ``noise: NumPy``, as many float32 normals from
+  ``numpy.random.Generator.standard_normal`` (the floor on this machine):
+  target, the noise's share of the private step (the two medians' difference)
+  at most that floor;
 - ``vmap(grad) + clip``: ``jax.jit`` of ``jax.vmap(jax.grad)`` of the
   one-sequence objective, each example's global norm, min(1, C/||g_i||), the
   mean (every per-example gradient formed), against ``clipped_grad`` in a
@@ -109,6 +114,7 @@ TOL = 2e-5  # float32: of the leaf's scale, per leaf
 THREADS = 2
 OURS, REF, AGAIN = "ours", "jax.value_and_grad", "jax.value_and_grad, again"
 CLIP, VMAP = "clipped_grad", "vmap(grad) + clip"
+NOISY, NUMPY = "clipped_grad + noise", "noise: NumPy"
 T_OURS, T_REF, T_TORCH = ("train step: ours", "train step: jax.value_and_grad",
                           "train step: PyTorch eager")
 
@@ -318,12 +324,14 @@ def measure(name, shape, *, blocks, reps, warmup, min_sample_s, vmap_blocks, cpu
         REF: (jax.value_and_grad(objective), (params, batch)),
         AGAIN: (jax.value_and_grad(objective), (params, batch)),
         CLIP: (lambda p, b: fbp.clipped_grad(p, b, clip_norm=CLIP_NORM, **kw), (params, batch)),
+        NOISY: (lambda p, b, k: fbp.clipped_grad(p, b, clip_norm=CLIP_NORM, noise_multiplier=1.0,
+                                                 key=k, **kw), (params, batch, jax.random.key(7))),
         VMAP: (vmap, (params, x, y_targets)),
         T_OURS: (step_ours, (params, opt_state, x, y)),
         T_REF: (step_ref, (params, opt_state, x, y)),
     }
     if grads_only:
-        programs = {k: programs[k] for k in (OURS, REF, CLIP)}
+        programs = {k: programs[k] for k in (OURS, REF, CLIP, NOISY)}
         vmap_blocks, torch_python = 0, None
     elif vmap_blocks <= 0:
         del programs[VMAP]
@@ -370,7 +378,11 @@ def measure(name, shape, *, blocks, reps, warmup, min_sample_s, vmap_blocks, cpu
     cpu = {}
     try:
         steps = {k: (lambda f=f: _ready(f())) for k, f in calls.items()}
-        fast = {k: steps[k] for k in (OURS, REF, AGAIN, CLIP, T_OURS, T_REF) if k in steps}
+        fast = {k: steps[k] for k in (OURS, REF, AGAIN, CLIP, NOISY, T_OURS, T_REF)
+                if k in steps}
+        n_params = sum(int(np.prod(t.shape)) for t in jax.tree.leaves(params))
+        rng = np.random.default_rng(seed)
+        fast[NUMPY] = lambda: rng.standard_normal(n_params, dtype=np.float32)  # the floor
         if worker is not None:
             fast[T_TORCH] = lambda: worker.step(1)
         log(f"[gpt {name}] timing {', '.join(fast)} ({blocks} blocks)")
@@ -402,7 +414,6 @@ def measure(name, shape, *, blocks, reps, warmup, min_sample_s, vmap_blocks, cpu
             worker.close()
 
     hlo = {k: summarize(c) for k, c in compiled.items() if k != AGAIN}
-    n_params = sum(int(np.prod(t.shape)) for t in jax.tree.leaves(params))
     return {"shape": shape, "n_params": n_params, "fast": t_fast, "vmap": t_vmap,
             "errors": errors, "hlo": hlo, "cpu": cpu, "torch": torch_info, "checked": checked,
             "args": dict(blocks=blocks, reps=reps, warmup=warmup, min_sample_s=min_sample_s,
@@ -461,7 +472,12 @@ def render_shape(res) -> list[str]:
              _held(ratio_jax, TARGET_JAX)],
             [f"`clipped_grad` (no noise) / ours ≤ {TARGET_CLIP}", f"{clip:.3f}",
              _held(clip, TARGET_CLIP)],
-        ] + ([[f"train step: ours / PyTorch eager ({THREADS} threads) < 1",
+        ] + ([["the noise in the private step (`clipped_grad + noise` − `clipped_grad`, medians) "
+               f"≤ as many normals from NumPy ({fmt_time(tf[NUMPY].median)})",
+               fmt_time(tf[NOISY].median - tf[CLIP].median),
+               _held(tf[NOISY].median - tf[CLIP].median, tf[NUMPY].median)]]
+             if NOISY in tf else [])
+        + ([[f"train step: ours / PyTorch eager ({THREADS} threads) < 1",
                f"{r(T_OURS, T_TORCH):.3f}", _held(r(T_OURS, T_TORCH), 0.999999)]]
              if has_torch else [])),
         "",
@@ -470,7 +486,7 @@ def render_shape(res) -> list[str]:
         "max|a−b|/max|b| (the loss included) against the row's reference.\n",
     ]
     rows = []
-    for k in (OURS, REF, AGAIN, CLIP):
+    for k in (OURS, REF, AGAIN, CLIP, NOISY, NUMPY):
         if k not in tf:
             continue
         rows.append([k, _spread(tf[k]), f"{r(k, OURS):.3f}", "—",
