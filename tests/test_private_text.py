@@ -10,6 +10,8 @@ after Ctrl-C, and samples. Small generated texts only.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import jax
@@ -162,13 +164,15 @@ def full_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("private_text")
     path = _text(folder)
     out = folder / "full"
-    code = main(["train", "--data", f"text:{path}", *RUN, "--out", str(out)])
-    return code, path, out
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["train", "--data", f"text:{path}", *RUN, "--out", str(out)])
+    return code, path, out, (stdout.getvalue(), stderr.getvalue())
 
 
 def test_a_private_text_run_from_the_command_line_records_its_guarantee_and_samples(
         full_run, capsys):
-    code, path, out = full_run
+    code, path, out, _ = full_run
     assert code == 0
     corpus = load_text(path)
     N = len(corpus.train) // 17
@@ -201,22 +205,21 @@ def test_a_private_text_run_from_the_command_line_records_its_guarantee_and_samp
     assert set(sample) <= set(corpus.vocab) | {"\n"}
 
 
-def test_the_summary_line_says_what_epsilon_protects(tmp_path, capsys):
-    path = _text(tmp_path)
-    code = main(["train", "--data", f"text:{path}", *RUN, "--max-iters", "10",
-                 "--out", str(tmp_path / "r")])
+def test_the_summary_line_says_what_epsilon_protects(full_run):
+    code, path, _, (out, err) = full_run
     assert code == 0
-    captured = capsys.readouterr()
     corpus = load_text(path)
     N = len(corpus.train) // 17
     spe = steps_per_epoch(N, 16)
-    assert f"--max-iters 10: a private run trains whole epochs of round(N / batch size) = " \
-           f"{spe} steps (N = {N} blocks of 17 characters)" in captured.err
-    line = captured.out
-    assert f"{spe} iterations, 1 epoch (finished)" in line
-    assert f"delta {default_delta(N):g} (the default: below 1/N = 1/{N})" in line
-    assert "for one block of 17 consecutive characters (the training text cut into " \
-           f"{N} non-overlapping blocks" in line and "group privacy" in line
+    epochs = -(-30 // spe)
+    assert f"--max-iters 30: a private run trains whole epochs of round(N / batch size) = " \
+           f"{spe} steps (N = {N} blocks of 17 characters): rounded up to {epochs} epochs = " \
+           f"{epochs * spe} iterations" in err
+    assert f"{epochs * spe} iterations, {epochs} epochs (finished)" in out
+    assert f"delta {default_delta(N):g} (the default: below 1/N = 1/{N})" in out
+    assert "epsilon 8 for one block of 17 consecutive characters (the training text cut into " \
+           f"{N} non-overlapping blocks; its last {len(corpus.train) % 17} characters unused); " \
+           "a longer text of one person only by group privacy" in out
 
 
 class _CtrlCAfter:
@@ -242,7 +245,7 @@ class _CtrlCAfter:
 
 def test_an_interrupted_private_text_run_resumes_exactly_and_goes_on_accounting(
         full_run, tmp_path, monkeypatch, capsys):
-    code, path, full = full_run
+    code, path, full, _ = full_run
     assert code == 0
     monkeypatch.setattr(experiment, "Interrupt", _CtrlCAfter(2))  # after epoch 1
     assert main(["train", "--data", f"text:{path}", *RUN, "--out", str(tmp_path / "half")]) \
