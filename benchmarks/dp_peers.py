@@ -87,9 +87,10 @@ program (JAX implementations only; torch's is not measured). The table goes
 into ``benchmarks/RESULTS.md`` as its own block (``report.write_block``),
 leaving the other blocks as they are.
 
-Run::
+Run (one command for every network: the GPT and CNN block is written whole
+by each run, so a second run with the same label replaces it)::
 
-    python benchmarks/dp_peers.py --nanogpt /work/nanogpt     # every network
+    python benchmarks/dp_peers.py --nanogpt /work/nanogpt --max-call-s 600
     python benchmarks/dp_peers.py --shapes small --blocks 2 --out /tmp/r.md
     python benchmarks/dp_peers.py --networks gpt-tiny mnist1d-cnn 2d-cnn --batch 4 \\
         --nanogpt /work/nanogpt --blocks 1 --warmup 0 --min-sample-s 0 --out /tmp/r.md
@@ -595,9 +596,9 @@ def run_layered(name, *, clip_norm, blocks, warmup, min_sample_s, settle_s, seed
                     print("note:", note)
                     return routes
                 twin = dp_peers_torch.gpt_twin(Path(nanogpt), net, params, dict(gshape))
-                if not stock:  # once per network: Opacus's ghost mode on nanoGPT as it is
-                    stock.update(dp_peers_torch.stock_ghost_check(
-                        Path(nanogpt), params, dict(gshape), xb, yb, clip_norm))
+                if not stock:  # once per network, on 2 sequences: Opacus's ghost mode on
+                    stock.update(dp_peers_torch.stock_ghost_check(  # nanoGPT as it is
+                        Path(nanogpt), params, dict(gshape), xb[:2], yb[:2], clip_norm))
             else:
                 twin = dp_peers_torch.cnn_twin(net, params, input_shape)
             routes.update(layered_torch_routes(twin, xb, yb, clip_norm, notes, skipped, steps))
@@ -730,7 +731,7 @@ def render_layered(results, *, label, command, machine, versions, date, elapsed,
            f"named reference (tolerance {TOL:g}). Memory: for JAX, XLA's `memory_analysis()` "
            "temporary buffers of the compiled program (arguments and outputs not counted); "
            "for PyTorch, the peak of the bytes allocated through PyTorch's CPU allocator "
-           "during one call (the first on the whole batch; for a step, one more step), net "
+           "during one call (the first on the whole batch, of the gradient and of the step), net "
            "of before, from `torch.profiler`'s allocation events: it "
            "includes the gradients (and Opacus's per-sample gradients) the call leaves "
            "allocated and misses the BLAS/oneDNN libraries' own scratch space, so the two "
@@ -765,7 +766,7 @@ def render_layered(results, *, label, command, machine, versions, date, elapsed,
         out.append("")
         if r.get("stock"):
             out.append("Opacus's ghost clipping on nanoGPT's model without this benchmark's "
-                       "changes (one forward and backward each): " + "; ".join(
+                       "changes (one forward and backward each, on 2 sequences): " + "; ".join(
                            f"{k}: {v}" for k, v in r["stock"].items()) + ".\n")
         if OURS in t and VG in t:
             ratio = timing.paired_ratio(t[OURS], t[VG])
