@@ -44,8 +44,9 @@ average 4.8 at the start and 5.1 at the end, so an upper bound): a private
 step 1.91 s, a non-private step of the same batch 1.17 s (after a compiling
 call; one evaluation of one batch per split included). At that load the
 table would take about 6 x (121 x 1.91 s + 30 s) + 3 x (121 x 1.17 s + 20 s)
-~ 34 minutes; the process had about 0.6 of the 2 cores (33 s of CPU time in
-56 s), so on a quiet machine about 2-3x less: ~ 12-17 minutes. DP needs a
+~ 34 minutes; the process had about 0.7 of the 2 cores (40 s of CPU time,
+user and system, in 56 s of wall time, compilation included), so on a quiet
+machine about 2-3x less: ~ 12-17 minutes (an estimate, not a measurement). DP needs a
 batch far larger than nanoGPT's 12 (the noise on the mean gradient is
 sigma C / B, sigma ~ 0.6-0.8 here): B = 128 keeps 121 steps in the budget
 (B = 256 would leave 60 steps; B = 64 doubles the noise on each step at the
