@@ -105,7 +105,8 @@ def _optimization_options(p):
 def _language_model_options(p):
     g = p.add_argument_group("language models (--data text:PATH or sort; iterations, AdamW)")
     g.add_argument("--max-iters", type=positive_int, metavar="N",
-                   help="iterations of random batches [text 5000, sort 2000]")
+                   help="iterations of random batches; a private text run (--dp-clip) rounds "
+                   "them up to whole epochs of its N blocks [text 5000, sort 2000]")
     g.add_argument("--eval-interval", type=positive_int, metavar="N",
                    help="evaluate (and checkpoint) every N iterations and at the end [250]")
     g.add_argument("--eval-iters", type=positive_int, metavar="N",
