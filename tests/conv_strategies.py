@@ -256,7 +256,7 @@ def check_per_example(case, network=None, with_grads=True):
 
 
 # Convolutions whose per-example norm takes one form whatever the shapes, so that every
-# drawn CNN proves both forms (the shapes alone would pick one per layer).
+# drawn CNN proves every form (the shapes alone would pick one per layer).
 @dataclasses.dataclass(frozen=True)
 class GramConv1D(Conv1D):
     def norm_form(self, input_shape):
@@ -281,7 +281,20 @@ class DirectConv2D(Conv2D):
         return "direct"
 
 
+@dataclasses.dataclass(frozen=True)
+class InputGramConv1D(Conv1D):
+    def norm_form(self, input_shape):
+        return "input_gram"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputGramConv2D(Conv2D):
+    def norm_form(self, input_shape):
+        return "input_gram"
+
+
 FORCED = {"gram": {Conv1D: GramConv1D, Conv2D: GramConv2D},
+          "input_gram": {Conv1D: InputGramConv1D, Conv2D: InputGramConv2D},
           "direct": {Conv1D: DirectConv1D, Conv2D: DirectConv2D}}
 
 
@@ -295,9 +308,9 @@ def with_norm_form(net, form):
 
 
 def check_norm_forms(case):
-    """The norms and the clipped gradient with every convolution in the Gram form, then direct."""
+    """The norms and the clipped gradient with every convolution in each form in turn."""
     with jax.enable_x64(jnp.dtype(case.dtype) == jnp.float64):
-        for form in ("gram", "direct"):
+        for form in FORCED:
             check_per_example(case, network=with_norm_form(case.net, form), with_grads=False)
 
 

@@ -85,6 +85,9 @@ def edge_cases(dtype):
         # per-example norms: the Gram form (few positions T, wide patches) ...
         make_layer_case(Sequential(Conv1D(8, 3), Flatten(), Dense(2)), (4, 4), 3, "mse",
                         seed=7, **d),
+        # ... the Gram form from the input's Gram (stride 1, 4 positions, 8 channels) ...
+        make_layer_case(Sequential(Conv1D(8, 3, padding="SAME"), Activation("tanh"), Flatten(),
+                                   Dense(2)), (4, 8), 3, "mse", seed=12, **d),
         # ... and the direct form (many positions, narrow patches)
         make_layer_case(Sequential(Conv1D(1, 1), Flatten(), Dense(2)), (9, 1), 3, "mse",
                         seed=8, **d),
@@ -109,7 +112,7 @@ def _with_examples(dtype, ndim):
 
 
 # Each drawn CNN is checked as its layers chose their per-example norm forms, then with
-# every convolution forced into the Gram form and into the direct form.
+# every convolution forced into each form (direct, gram, input_gram).
 
 @settings(max_examples=profile_share(10))
 @given(cnn_cases(1))
@@ -214,6 +217,20 @@ class StrideIgnoredInNorm1D(Conv1D):
 
 
 @dataclasses.dataclass(frozen=True)
+class InputGramStrideIgnored1D(Conv1D):
+    """The input-Gram form (forced) with its windows read at t + j d (stride 1), not t s + j d."""
+
+    def norm_form(self, input_shape):
+        return "input_gram"
+
+    def patch_gram(self, x, form="gram"):
+        unstrided = Conv1D(**{**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                              "stride": 1})
+        P = self.patches(x).shape[1]  # the strided layer's positions
+        return unstrided.patch_gram(x, "input_gram")[:, :P, :P]
+
+
+@dataclasses.dataclass(frozen=True)
 class SpreadMaxPool(MaxPool1D):
     """Each window's cotangent spread evenly over the window instead of sent to its arg-max."""
 
@@ -257,6 +274,9 @@ WRONG = [
      (4, 4)),
     # Conv1D(3, 2, stride=2) on (9, 2): 4 positions, patches of 4: the direct form is chosen
     ("direct-form norm ignoring the stride", StrideIgnoredInNorm1D(1, 1), check_per_example,
+     Sequential(Conv1D(3, 2, stride=2), Activation("tanh"), Flatten(), Dense(2)), (9, 2)),
+    # the same layer, its norm forced into the input-Gram form
+    ("input-Gram norm ignoring the stride", InputGramStrideIgnored1D(1, 1), check_per_example,
      Sequential(Conv1D(3, 2, stride=2), Activation("tanh"), Flatten(), Dense(2)), (9, 2)),
     ("max-pool gradient spread over the window", SpreadMaxPool(1), check_backprop,
      Sequential(Conv1D(2, 2), MaxPool1D(2), Flatten(), Dense(2)), (9, 1)),
@@ -373,17 +393,19 @@ def test_unfold_reads_each_tap_at_t_s_plus_j_d():
 # --- the per-example norm's form, chosen per layer from the shapes ----------------------
 
 NORM_FORMS = [
-    # layer, one example's input shape, positions P, patch width K c_in, c_out, the form
-    (Conv2D(32, 3, padding="SAME"), (28, 28, 1), 784, 9, 32, "direct"),  # benchmarks/cnn_bench.py
-    (Conv2D(64, 3, padding="SAME"), (14, 14, 32), 196, 288, 64, "direct"),
-    (Conv2D(64, 3, padding="SAME"), (7, 7, 64), 49, 576, 64, "gram"),
-    (Conv1D(25, 5, stride=2, padding=1), (40, 1), 19, 5, 25, "direct"),  # models.cnn
-    (Conv1D(25, 3, stride=2, padding=1), (19, 25), 10, 75, 25, "gram"),
-    (Conv1D(25, 3, stride=2, padding=1), (10, 25), 5, 75, 25, "gram"),
-    (Conv1D(4, 3, stride=3, dilation=2), (20, 2), 6, 6, 4, "direct"),    # T = (20 - 5) // 3 + 1
-    (Conv2D(8, 2, stride=2, padding="SAME", dilation=(1, 2)), (3, 4, 3), 4, 12, 8, "gram"),
+    # layer, one example's input shape, positions P, input positions read S, taps K, c_out,
+    # the form
+    (Conv2D(32, 3, padding="SAME"), (28, 28, 1), 784, 900, 9, 32, "direct"),  # cnn_bench.py
+    (Conv2D(64, 3, padding="SAME"), (14, 14, 32), 196, 256, 9, 64, "direct"),
+    (Conv2D(64, 3, padding="SAME"), (7, 7, 64), 49, 81, 9, 64, "input_gram"),
+    (Conv1D(25, 5, stride=2, padding=1), (40, 1), 19, 41, 5, 25, "direct"),  # models.cnn
+    (Conv1D(25, 3, stride=2, padding=1), (19, 25), 10, 21, 3, 25, "gram"),
+    (Conv1D(25, 3, stride=2, padding=1), (10, 25), 5, 11, 3, 25, "gram"),
+    (Conv1D(4, 3, stride=3, dilation=2), (20, 2), 6, 20, 3, 4, "direct"),  # T = (20 - 5) // 3 + 1
+    (Conv2D(8, 2, stride=2, padding="SAME", dilation=(1, 2)), (3, 4, 3), 4, 20, 4, 8, "gram"),
     # a tie (16 (12 + 6) = 4 * 12 * 6) goes to the direct form
-    (Conv2D(6, 2, stride=2, padding="SAME", dilation=(1, 2)), (3, 4, 3), 4, 12, 6, "direct"),
+    (Conv2D(6, 2, stride=2, padding="SAME", dilation=(1, 2)), (3, 4, 3), 4, 20, 4, 6, "direct"),
+    (Conv1D(8, 3, padding="SAME"), (4, 8), 4, 6, 3, 8, "input_gram"),
 ]
 
 
@@ -394,26 +416,33 @@ def _dot_shapes(f, *args):
             re.findall(r":f32\[(\d+(?:,\d+)*)\] = dot_general", text)}
 
 
-@pytest.mark.parametrize("layer, shape, P, Kc, c_out, form", NORM_FORMS,
+@pytest.mark.parametrize("layer, shape, P, S, K, c_out, form", NORM_FORMS,
                          ids=[f"{type(r[0]).__name__}{r[1]}" for r in NORM_FORMS])
-def test_each_layer_takes_the_cheaper_norm_form_for_its_shapes(layer, shape, P, Kc, c_out, form):
-    assert layer.norm_costs(shape) == {"gram": P * P * (Kc + c_out), "direct": P * Kc * c_out}
+def test_each_layer_takes_the_cheapest_norm_form_for_its_shapes(layer, shape, P, S, K, c_out,
+                                                                 form):
+    c_in = shape[-1]
+    assert layer.norm_costs(shape) == {"direct": P * K * c_in * c_out,
+                                       "gram": P * P * (K * c_in + c_out),
+                                       "input_gram": S * S * c_in + K * P * P + P * P * c_out}
     assert layer.norm_form(shape) == form
-    # ... and runs it: the Gram form multiplies (P, P) matrices per example, the direct form
-    # forms each tap's (c_in, c_out) block of the example's weight gradient
-    m, c_in = 2, shape[-1]
+    # ... and runs it: the Gram forms multiply (P, P) matrices per example (input_gram after
+    # an (S, S) Gram of the input), the direct form forms each tap's (c_in, c_out) block of
+    # the example's weight gradient
+    m = 2
     params, out = layer.init(jax.random.key(0), shape)
     x = jax.ShapeDtypeStruct((m, *shape), jnp.float32)
     dy = jax.ShapeDtypeStruct((m, *out), jnp.float32)
     shapes = _dot_shapes(lambda x, dy: layer.sq_norms(params, x, dy), x, dy)
-    gram, direct = (m, P, P) in shapes, (m, c_in, c_out) in shapes
-    assert (gram, direct) == ((True, False) if form == "gram" else (False, True)), shapes
+    ran = ((m, P, P) in shapes, (m, S, S) in shapes, (m, c_in, c_out) in shapes)
+    assert ran == {"gram": (True, False, False), "input_gram": (True, True, False),
+                   "direct": (False, False, True)}[form], shapes
 
 
 def test_a_norm_form_that_does_not_exist_is_named():
     conv = Conv1D(2, 3)
     params, out = conv.init(jax.random.key(0), (5, 1))
-    with pytest.raises(ValueError, match=r"Conv1D.sq_norms\(form\): 'gram', 'direct' or None"):
+    with pytest.raises(ValueError, match=r"Conv1D.sq_norms\(form\): 'direct', 'gram', "
+                                         r"'input_gram' or None"):
         conv.sq_norms(params, jnp.ones((1, 5, 1)), jnp.ones((1, *out)), form="ghost")
 
 

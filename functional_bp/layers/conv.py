@@ -46,8 +46,11 @@ so its squared norm (:meth:`_Conv.sq_norms`) is either
 ||P_n^T G_n||_F^2 = sum_j ||V_{n,j}^T G_n||^2 (the direct form, one product
 per tap j on a strided view V_{n,j} of X, the patches never formed; cost
 T K c_in c_out per example, K the taps) or <P_n P_n^T, G_n G_n^T> (the Gram
-form over positions, cost T^2 (K c_in + c_out)), plus ||1^T G_n||^2 for the
-bias; each layer takes the cheaper for its shapes (:meth:`_Conv.norm_form`).
+form over positions, cost T^2 (K c_in + c_out); or, with P_n P_n^T summed
+from windows of the input's own Gram, S^2 c_in + T^2 (K + c_out) over the S
+input positions read), plus ||1^T G_n||^2 for the bias; each layer takes the
+cheapest for its shapes (:meth:`_Conv.norm_form`). In the direct form the
+clipped gradient reuses each example's P_n^T G_n (:meth:`_Conv.clipping_trace`).
 
 Padding: "VALID" (none), "SAME" (XLA's rule: total
 max((ceil(n/s) - 1) s + (k - 1) d + 1 - n, 0), lo = total // 2, hi the rest),
@@ -149,6 +152,11 @@ def out_sizes(sizes, window, stride, dilation, pads) -> tuple:
 def taps(window) -> list:
     """The kernel's tap indices in row-major order: (0,), (1,), ... or (0, 0), (0, 1), ..."""
     return list(itertools.product(*(range(k) for k in window)))
+
+
+def read_span(T, window, stride, dilation) -> tuple:
+    """The padded input positions the windows read, per axis: (T - 1) s + (k - 1) d + 1."""
+    return tuple((t - 1) * s + (k - 1) * d + 1 for t, k, s, d in zip(T, window, stride, dilation))
 
 
 def tap_views(x, window, stride, dilation, pads, pad_value=0.0) -> list:
@@ -338,32 +346,43 @@ class _Conv(Layer):
         return cols.reshape(x.shape[0], -1, math.prod(k) * x.shape[-1])
 
     def norm_costs(self, input_shape) -> dict:
-        """Multiply-adds per example of the two forms of :meth:`sq_norms`, for one example's shape.
+        """Multiply-adds per example of the three forms of :meth:`sq_norms`, for one example's shape.
 
         With P output positions, K = prod(kernel_size) taps, c_in and c_out
-        channels: ``{"gram": P^2 (K c_in + c_out), "direct": P K c_in c_out}``.
+        channels, and S the input positions the windows read (padding
+        included; (T - 1) s + (k - 1) d + 1 along each axis)::
+
+            direct      P K c_in c_out                each example's gradient
+            gram        P^2 (K c_in + c_out)          U U^T from the unfolded patches
+            input_gram  S^2 c_in + K P^2 + P^2 c_out  U U^T from the input's Gram
 
         >>> from functional_bp import layers as fl
         >>> fl.Conv2D(64, 3, padding="SAME").norm_costs((7, 7, 64))
-        {'gram': 1536640, 'direct': 1806336}
+        {'direct': 1806336, 'gram': 1536640, 'input_gram': 595177}
         """
         k, s, d = self._geometry()
         pads = resolve_padding(self.padding, input_shape[:-1], k, s, d)
-        P = math.prod(out_sizes(input_shape[:-1], k, s, d, pads))
-        Kc, c_out = math.prod(k) * input_shape[-1], self.features
-        return {"gram": P * P * (Kc + c_out), "direct": P * Kc * c_out}
+        T = out_sizes(input_shape[:-1], k, s, d, pads)
+        P, S = math.prod(T), math.prod(read_span(T, k, s, d))
+        K, c_in, c_out = math.prod(k), input_shape[-1], self.features
+        return {"direct": P * K * c_in * c_out, "gram": P * P * (K * c_in + c_out),
+                "input_gram": S * S * c_in + K * P * P + P * P * c_out}
 
     def norm_form(self, input_shape) -> str:
-        """``"gram"`` or ``"direct"``: the cheaper form of :meth:`norm_costs` (direct on a tie).
+        """``"direct"``, ``"gram"`` or ``"input_gram"``: the cheapest of :meth:`norm_costs`.
+
+        A tie goes to the earlier in that order.
 
         >>> from functional_bp import layers as fl
         >>> fl.Conv2D(32, 3, padding="SAME").norm_form((28, 28, 1))   # 784 positions
         'direct'
         >>> fl.Conv1D(25, 3, stride=2, padding=1).norm_form((10, 25))  # 5 positions
         'gram'
+        >>> fl.Conv2D(64, 3, padding="SAME").norm_form((7, 7, 64))     # stride 1, 49 positions
+        'input_gram'
         """
         costs = self.norm_costs(input_shape)
-        return "gram" if costs["gram"] < costs["direct"] else "direct"
+        return min(costs, key=costs.get)  # dicts keep their order: ties go to the earlier
 
     def sq_norms(self, params, cache, dy, form=None):
         """||dL_n/dW||^2 + ||dL_n/db||^2 per example, (m,), from X (the cache) and G = dy.
@@ -371,17 +390,17 @@ class _Conv(Layer):
         Example n's weight gradient is U_n^T G_n, U_n (P, K c_in) its patch
         matrix and G_n (P, c_out) its cotangent; the tap views V_{n,j} (P,
         c_in) (:func:`tap_views`) are U_n's column blocks, so U_n^T G_n is
-        the stack of the V_{n,j}^T G_n. Two exact forms:
+        the stack of the V_{n,j}^T G_n. Three exact forms (costs in
+        :meth:`norm_costs`):
 
         - direct: ||U_n^T G_n||^2 = sum_j ||V_{n,j}^T G_n||^2, one batched
           (c_in, P) x (P, c_out) product per tap on a strided view of X
           (:meth:`example_grads`: each example's gradient, K c_in c_out
-          numbers, without unfolding the patches): P K c_in c_out
-          multiply-adds per example;
-        - Gram: <U_n U_n^T, G_n G_n^T>, both (P, P) over positions, U_n
-          unfolded: P^2 (K c_in + c_out) per example; it keeps the cross
-          terms t != t' (overlapping or not, every pair of positions
-          counts).
+          numbers, without unfolding the patches);
+        - gram and input_gram: <U_n U_n^T, G_n G_n^T>, both (P, P) over
+          positions; they keep the cross terms t != t' (overlapping or not,
+          every pair of positions counts) and differ in how U_n U_n^T is
+          formed (:meth:`patch_gram`).
 
         ``form`` None takes :meth:`norm_form`'s choice for X's shape. The bias
         adds ||1^T G_n||^2. (A convolution with one feature group per example
@@ -391,18 +410,47 @@ class _Conv(Layer):
         x, m = cache, cache.shape[0]
         form = self.norm_form(x.shape[1:]) if form is None else form
         G = dy.reshape(m, -1, dy.shape[-1])                               # (m, P, c_out)
-        if form == "gram":
-            k, s, d = self._geometry()
-            views = tap_views(x, k, s, d, resolve_padding(self.padding, x.shape[1:-1], k, s, d))
-            U = jnp.concatenate([v.reshape(m, -1, x.shape[-1]) for v in views], axis=-1)
-            w = jnp.sum(jnp.einsum("mtk,msk->mts", U, U) * jnp.einsum("mto,mso->mts", G, G),
-                        axis=(1, 2))                                      # U (m, P, K c_in)
+        if form in ("gram", "input_gram"):
+            w = jnp.sum(self.patch_gram(x, form) * jnp.einsum("mto,mso->mts", G, G), axis=(1, 2))
         elif form == "direct":
             w = sum_rows(self.example_grads(x, dy))
         else:
-            raise ValueError(f"{type(self).__name__}.sq_norms(form): 'gram', 'direct' or None; "
-                             f"got {form!r}")
+            raise ValueError(f"{type(self).__name__}.sq_norms(form): 'direct', 'gram', "
+                             f"'input_gram' or None; got {form!r}")
         return w + sum_rows(jnp.sum(G, axis=1))
+
+    def patch_gram(self, x, form="gram"):
+        """U_n U_n^T for every example, (m, P, P), positions in row-major order.
+
+        - ``"gram"``: from the unfolded patches U (m, P, K c_in):
+          P^2 K c_in multiply-adds per example;
+        - ``"input_gram"``: entry (t, t') is sum_j <Xp[t s + j d], Xp[t' s + j d]>,
+          the sum over the K taps of strided windows of the padded input's
+          own Gram XX[u, u'] = <Xp[u], Xp[u']> (S x S over the S positions
+          the windows read): S^2 c_in + K P^2 per example, far less than the
+          patches' when the stride is 1 and the taps many.
+        """
+        k, s, d = self._geometry()
+        pads = resolve_padding(self.padding, x.shape[1:-1], k, s, d)
+        m, c = x.shape[0], x.shape[-1]
+        if form == "gram":
+            U = jnp.concatenate([v.reshape(m, -1, c) for v in tap_views(x, k, s, d, pads)],
+                                axis=-1)                                  # (m, P, K c_in)
+            return jnp.einsum("mtk,msk->mts", U, U)
+        T = out_sizes(x.shape[1:-1], k, s, d, pads)
+        span = read_span(T, k, s, d)
+        # Xp: padded, and cropped where no window reads (a negative high padding)
+        xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [
+            (lo, n_read - n - lo, 0) for n, n_read, (lo, _) in zip(x.shape[1:-1], span, pads)]
+            + [(0, 0, 0)]).reshape(m, -1, c)
+        XX = jnp.einsum("muc,mvc->muv", xp, xp).reshape(m, *span, *span)
+        A = None
+        for j in taps(k):
+            start = [jj * dd for jj, dd in zip(j, d)]
+            limit = [jj * dd + (t - 1) * ss + 1 for jj, dd, t, ss in zip(j, d, T, s)]
+            window = lax.slice(XX, [0, *start, *start], [m, *limit, *limit], [1, *s, *s])
+            A = window if A is None else A + window
+        return A.reshape(m, math.prod(T), math.prod(T))
 
     def example_grads(self, x, dy):
         """Each example's own dL_n/dW, (m, *kernel_size, c_in, c_out): the direct form's blocks.
