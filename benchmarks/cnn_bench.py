@@ -30,8 +30,9 @@ paired ratios), each a jitted call on arrays already on the device:
   floor);
 - ``norm: layer i``: each convolution's per-example squared norm alone
   (``layer.sq_norms`` on arrays of its cache's and cotangent's shapes), with
-  the form it chose (Gram or direct) and both forms' multiply-adds per
-  example: where the clipped gradient's extra time goes, layer by layer.
+  the form it chose (:meth:`norm_form`: direct, gram or input_gram) and the
+  three forms' multiply-adds per example: where the clipped gradient's
+  extra time goes, layer by layer.
 
 The notes compare the compiled programs (XLA's optimised HLO): the number of
 each kind of heavy operation (convolutions, dots, scatters, gathers,
@@ -232,10 +233,12 @@ def render(results, *, command, machine, versions, elapsed):
                          "our value_and_grad):")
             notes.append("")
             notes.append(report.table(
-                ["layer", "input (per example)", "Gram P^2 (K c_in + c_out)",
-                 "direct P K c_in c_out", "form", "time", "/ value_and_grad"],
-                [(k.removeprefix("norm: "), str(shape), f"{c['gram']:,}", f"{c['direct']:,}",
-                  form, report.fmt_time(t[k].median), f"{t[k].median / step:.2f}")
+                ["layer", "input (per example)", "direct P K c_in c_out",
+                 "gram P^2 (K c_in + c_out)", "input_gram S^2 c_in + P^2 (K + c_out)", "form",
+                 "time", "/ value_and_grad"],
+                [(k.removeprefix("norm: "), str(shape), f"{c['direct']:,}", f"{c['gram']:,}",
+                  f"{c['input_gram']:,}", form, report.fmt_time(t[k].median),
+                  f"{t[k].median / step:.2f}")
                  for k, (form, c, shape) in r["norms"].items()]))
             notes.append("")
     return "\n".join([
