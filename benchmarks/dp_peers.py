@@ -90,10 +90,10 @@ leaving the other blocks as they are.
 Run (one command for every network: the GPT and CNN block is written whole
 by each run, so a second run with the same label replaces it)::
 
-    python benchmarks/dp_peers.py --nanogpt /work/nanogpt --max-call-s 600
+    python benchmarks/dp_peers.py --nanogpt NANOGPT_DIR --max-call-s 600
     python benchmarks/dp_peers.py --shapes small --blocks 2 --out /tmp/r.md
     python benchmarks/dp_peers.py --networks gpt-tiny mnist1d-cnn 2d-cnn --batch 4 \\
-        --nanogpt /work/nanogpt --blocks 1 --warmup 0 --min-sample-s 0 --out /tmp/r.md
+        --nanogpt NANOGPT_DIR --blocks 1 --warmup 0 --min-sample-s 0 --out /tmp/r.md
 
 (the MLP shapes alone took ~5 min on 2 cores). torch, opacus and jax-privacy
 must be installed in the same Python for their rows.
