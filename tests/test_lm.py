@@ -19,7 +19,7 @@ from functional_bp.lm import (RandomProblems, RandomWindows, mingpt_optimizer,
 from functional_bp.text import load_text, nanogpt_lr_schedule, sort_problems
 from functional_bp.train import fit, init_state, load_state, matrices, save_state
 
-from helpers import assert_tree_close, rtol_for
+from helpers import CtrlCAfter, assert_tree_close, rtol_for
 
 pytest.importorskip("optax")
 
@@ -263,27 +263,6 @@ def test_options_of_other_runs_are_refused_for_a_language_model(tmp_path, capsys
         assert f"argument {flag}" in capsys.readouterr().err
 
 
-class _CtrlCAfter:
-    """Stands in for experiment.Interrupt: Ctrl-C is 'pressed' once ``n`` evaluations are seen."""
-
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def __call__(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def requested(self):
-        self.seen += 1
-        return self.seen >= self.n
-
-
 def test_an_interrupted_text_run_resumes_exactly_from_the_command_line(tmp_path, monkeypatch,
                                                                       capsys):
     code, full = _train_text(tmp_path, "--model", "gpt n_layer=1 n_head=2 n_embd=8 "
@@ -294,7 +273,7 @@ def test_an_interrupted_text_run_resumes_exactly_from_the_command_line(tmp_path,
     args = ["train", "--data", f"text:{path}", "--model", "gpt n_layer=1 n_head=2 n_embd=8 "
             "block_size=16 bias=False dropout=0.1", "--batch-size", "4", "--max-iters", "20",
             "--warmup-iters", "2", "--eval-interval", "10", "--eval-iters", "2", "--quiet"]
-    monkeypatch.setattr(experiment, "Interrupt", _CtrlCAfter(2))  # after iteration 10
+    monkeypatch.setattr(experiment, "Interrupt", CtrlCAfter(2))  # after iteration 10
     assert main(args + ["--out", str(tmp_path / "half")]) == 130
     assert "resume with: functional-bp train --resume" in capsys.readouterr().err
     half = json.loads((tmp_path / "half" / "metrics.json").read_text())

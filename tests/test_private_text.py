@@ -26,6 +26,7 @@ from functional_bp.lm import PoissonBlocks, RandomWindows, nanogpt_optimizer, pr
 from functional_bp.privacy import DPConfig, default_delta, steps_per_epoch
 from functional_bp.text import load_text, text_blocks
 from functional_bp.train import PoissonEpochs, fit, init_state, load_state
+from helpers import CtrlCAfter
 
 pytest.importorskip("optax")
 pytest.importorskip("dp_accounting")
@@ -222,32 +223,11 @@ def test_the_summary_line_says_what_epsilon_protects(full_run):
            "a longer text of one person only by group privacy" in out
 
 
-class _CtrlCAfter:
-    """Stands in for experiment.Interrupt: Ctrl-C is 'pressed' once ``n`` evaluations are seen."""
-
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def __call__(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def requested(self):
-        self.seen += 1
-        return self.seen >= self.n
-
-
 def test_an_interrupted_private_text_run_resumes_exactly_and_goes_on_accounting(
         full_run, tmp_path, monkeypatch, capsys):
     code, path, full, _ = full_run
     assert code == 0
-    monkeypatch.setattr(experiment, "Interrupt", _CtrlCAfter(2))  # after epoch 1
+    monkeypatch.setattr(experiment, "Interrupt", CtrlCAfter(2))  # after epoch 1
     assert main(["train", "--data", f"text:{path}", *RUN, "--out", str(tmp_path / "half")]) \
         == 130
     assert "resume with: functional-bp train --resume" in capsys.readouterr().err
