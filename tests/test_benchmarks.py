@@ -34,6 +34,16 @@ def _load(name):
     return module
 
 
+def _load_with_siblings(name):
+    """:func:`_load` for a script that imports other benchmark scripts (benchmarks/ on
+    sys.path while it is imported only)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return _load(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
 def _problem(loss):
     sizes = [8, 16, 1] if loss == "quadratic" else [6, 9, 7, 4]
     kp, kx, ky = jax.random.split(jax.random.key(3), 3)
@@ -83,11 +93,7 @@ def test_torch_baseline_matches_jax_grad(loss):
 
 
 def test_step_flops_counts_the_matmuls():
-    sys.path.insert(0, str(BENCH))
-    try:
-        grad_step = _load("grad_step")
-    finally:
-        sys.path.remove(str(BENCH))
+    grad_step = _load_with_siblings("grad_step")
     # [2, 3, 4] with m = 5: forward 2*5*(6+12), dW 2*5*(6+12), G W^T for layer 2 only 2*5*12
     assert grad_step.step_flops([2, 3, 4], 5) == 2 * 5 * (18 + 18 + 12)
 
@@ -161,11 +167,7 @@ def test_cli_passes_every_bench_argument_to_the_harness():
 
 
 def test_gpt_bench_counts_the_flops_of_each_dot():
-    sys.path.insert(0, str(BENCH))
-    try:
-        gpt_bench = _load("gpt_bench")
-    finally:
-        sys.path.remove(str(BENCH))
+    gpt_bench = _load_with_siblings("gpt_bench")
     a, b = jax.numpy.ones((3, 4)), jax.numpy.ones((2, 4, 5))
     text = jax.jit(lambda a, b: jax.numpy.einsum("ik,jkl->jil", a, b)).lower(a, b).compile().as_text()
     dots = gpt_bench.dot_inventory(text)
