@@ -255,47 +255,17 @@ def check_per_example(case, network=None, with_grads=True):
     return errs
 
 
+def _forced(base, form):
+    """``base`` (a convolution class) whose per-example norm takes ``form`` whatever the shapes."""
+    return dataclasses.dataclass(frozen=True)(type(
+        f"{form.title().replace('_', '')}{base.__name__}", (base,),
+        {"norm_form": lambda self, input_shape: form}))
+
+
 # Convolutions whose per-example norm takes one form whatever the shapes, so that every
 # drawn CNN proves every form (the shapes alone would pick one per layer).
-@dataclasses.dataclass(frozen=True)
-class GramConv1D(Conv1D):
-    def norm_form(self, input_shape):
-        return "gram"
-
-
-@dataclasses.dataclass(frozen=True)
-class DirectConv1D(Conv1D):
-    def norm_form(self, input_shape):
-        return "direct"
-
-
-@dataclasses.dataclass(frozen=True)
-class GramConv2D(Conv2D):
-    def norm_form(self, input_shape):
-        return "gram"
-
-
-@dataclasses.dataclass(frozen=True)
-class DirectConv2D(Conv2D):
-    def norm_form(self, input_shape):
-        return "direct"
-
-
-@dataclasses.dataclass(frozen=True)
-class InputGramConv1D(Conv1D):
-    def norm_form(self, input_shape):
-        return "input_gram"
-
-
-@dataclasses.dataclass(frozen=True)
-class InputGramConv2D(Conv2D):
-    def norm_form(self, input_shape):
-        return "input_gram"
-
-
-FORCED = {"gram": {Conv1D: GramConv1D, Conv2D: GramConv2D},
-          "input_gram": {Conv1D: InputGramConv1D, Conv2D: InputGramConv2D},
-          "direct": {Conv1D: DirectConv1D, Conv2D: DirectConv2D}}
+FORCED = {form: {base: _forced(base, form) for base in (Conv1D, Conv2D)}
+          for form in ("gram", "input_gram", "direct")}
 
 
 def with_norm_form(net, form):
